@@ -1,0 +1,58 @@
+"""Write a file or folder under a temporary name and rename it into place, so a destination is never
+half-written: an interrupted or failed write leaves either nothing or the previous version."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ladd_jax.errors import LaddError
+
+
+def check_writable_destination(dst: Path, overwrite: bool) -> None:
+    """Fails early, before any work, when `dst` cannot be written."""
+    if dst.exists() and not overwrite:
+        raise LaddError(f"destination {dst} already exists: remove it or pass --overwrite")
+    parent = dst.absolute().parent
+    if not parent.is_dir():
+        raise LaddError(f"cannot write {dst}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LaddError(f"cannot write {dst}: folder {parent} is not writable; choose another destination")
+
+
+@contextlib.contextmanager
+def atomic_path(dst: str | os.PathLike, overwrite: bool = False, is_dir: bool = True) -> Iterator[Path]:
+    """Yields a temporary sibling path to write; on success it replaces `dst`, on failure it is removed."""
+    dst = Path(dst)
+    check_writable_destination(dst, overwrite)
+    parent = dst.absolute().parent
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.tmp-", dir=parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if dst.exists():
+            # Move the old version aside first so that no moment exists with a partial destination.
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            _remove(old)
+        else:
+            os.replace(tmp, dst)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
