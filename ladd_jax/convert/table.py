@@ -2,7 +2,7 @@
 
 A `Rule` relates source tensors to destination tensors through a `Hook` (rename, transpose, split or
 fuse, swap halves), usable in both directions. Names may hold `{i}`, the layer index; such a rule is
-expanded over the layers whose tags include `rule.when`. Applying a table is lazy: it maps a mapping of
+expanded over the layers whose tags include all of `rule.when`. Applying a table is lazy: it maps a mapping of
 `LazyTensor`s to another, and nothing is read until a destination tensor is loaded, which is what makes
 tensor-by-tensor streaming conversion possible.
 """
@@ -97,23 +97,25 @@ class Rule:
     src: tuple[str, ...]
     dst: tuple[str, ...]
     hook: Hook = IDENTITY
-    when: str | None = None  # a layer tag the rule needs (only for names holding {i})
+    when: frozenset[str] = frozenset()  # layer tags the rule needs (only for names holding {i})
 
 
-def rule(src: str | Sequence[str], dst: str | Sequence[str], hook: Hook = IDENTITY, when: str | None = None) -> Rule:
+def rule(
+    src: str | Sequence[str], dst: str | Sequence[str], hook: Hook = IDENTITY, when: str | Sequence[str] = ()
+) -> Rule:
     as_tuple = lambda x: (x,) if isinstance(x, str) else tuple(x)
-    return Rule(as_tuple(src), as_tuple(dst), hook, when)
+    return Rule(as_tuple(src), as_tuple(dst), hook, frozenset(as_tuple(when)))
 
 
 def expand(table: Iterable[Rule], layer_tags: Sequence[frozenset[str]]) -> list[Rule]:
-    """Concrete rules: those with `{i}` repeated for each layer whose tags include `when`."""
+    """Concrete rules: those with `{i}` repeated for each layer whose tags include all of `when`."""
     out = []
     for r in table:
         if not any("{i}" in n for n in r.src + r.dst):
             out.append(r)
             continue
         for i, tags in enumerate(layer_tags):
-            if r.when is None or r.when in tags:
+            if r.when <= tags:
                 fmt = lambda names, i=i: tuple(n.format(i=i) for n in names)
                 out.append(Rule(fmt(r.src), fmt(r.dst), r.hook))
     return out
