@@ -1,0 +1,69 @@
+"""The `ladd-jax` command: thin argument parsing over the library's functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from ladd_jax.errors import LaddError
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from ladd_jax.convert.mmdit import checkpoint_dtype, load_mmdit, save_mmdit
+    from ladd_jax.models.mmdit import count_params
+
+    start = time.perf_counter()
+    dtype = args.dtype or checkpoint_dtype(args.src)
+    config, params = load_mmdit(args.src)
+    print(f"read {args.src}: MMDiT with {config.num_layers} blocks, {count_params(params):,} params")
+    save_mmdit(config, params, args.dst, format=args.to, dtype=dtype, overwrite=args.overwrite)
+    extra = "" if args.to == "orbax" else f" in {dtype}"
+    print(f"wrote {args.dst} ({args.to}{extra}) in {time.perf_counter() - start:.1f} s")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from ladd_jax import bench
+
+    bench.run(args.what, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ladd-jax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert MMDiT weights between diffusers, SD3 single-file and orbax")
+    p.add_argument("src", help="a diffusers transformer (or pipeline) folder, an SD3 .safetensors file, or orbax")
+    p.add_argument("dst", help="the destination folder (diffusers, orbax) or .safetensors file (sd3)")
+    p.add_argument("--to", choices=("diffusers", "sd3", "orbax"), required=True)
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the source's dtype")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    p.set_defaults(fn=_convert)
+
+    p = sub.add_parser("bench", help="benchmarks (figures for the README; never timed tests)")
+    p.add_argument("what", choices=("mmdit",))
+    p.add_argument("--preset", default=None, help="an MMDiT preset (e.g. sd3-medium) instead of the small config")
+    p.add_argument("--resolution", type=int, default=None, help="image side in pixels (latent = /8)")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    p.add_argument("--steps", type=int, default=5, help="timed repetitions after warm-up")
+    p.add_argument("--no-torch", action="store_true", help="skip the diffusers PyTorch comparison")
+    p.add_argument("--remat", default="none", help="remat policy of the Flax model")
+    p.add_argument("--attention", default=None, help="jax.nn.dot_product_attention implementation (xla, cudnn)")
+    p.set_defaults(fn=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except LaddError as e:
+        print(f"ladd-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny random PyTorch reference models (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+TINY_MMDIT = dict(
+    sample_size=16,
+    patch_size=2,
+    in_channels=4,
+    num_layers=3,
+    attention_head_dim=8,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    caption_projection_dim=16,
+    pooled_projection_dim=24,
+    out_channels=4,
+    pos_embed_max_size=12,
+)
+# The three SD3-family variants in miniature, and another patch size.
+MMDIT_VARIANTS = {
+    "sd3-medium": {},
+    "sd3.5-large": {"qk_norm": "rms_norm"},
+    "sd3.5-medium": {"qk_norm": "rms_norm", "dual_attention_layers": (0, 1), "num_layers": 4, "pos_embed_max_size": 16},
+    "patch1": {"patch_size": 1, "dual_attention_layers": (1,)},
+}
+
+
+def randomize_(module, seed: int = 0, std: float = 0.2) -> None:
+    """Every weight random: diffusers zero-inits adaLN and output layers, which would hide mistakes."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (std if p.ndim > 1 else std / 2))
+
+
+def tiny_sd3_transformer(variant: str, seed: int = 0):
+    from diffusers import SD3Transformer2DModel
+
+    model = SD3Transformer2DModel(**{**TINY_MMDIT, **MMDIT_VARIANTS[variant]}).eval()
+    randomize_(model, seed)
+    return model
+
+
+@pytest.fixture(params=sorted(MMDIT_VARIANTS))
+def variant(request) -> str:
+    return request.param
+
+
+def mmdit_inputs(model_config, batch: int = 2, h: int = 8, w: int = 12, ctx_len: int = 5, seed: int = 1):
+    """NHWC numpy inputs (x, t in [0,1], context, pooled) for an MMDiT config (diffusers' or ours)."""
+    rng = np.random.default_rng(seed)
+    get = model_config.get if isinstance(model_config, dict) else lambda k: getattr(model_config, k)
+    x = rng.standard_normal((batch, h, w, get("in_channels")), dtype=np.float32)
+    t = rng.uniform(0.05, 0.95, batch).astype(np.float32)
+    ctx = rng.standard_normal((batch, ctx_len, get("joint_attention_dim")), dtype=np.float32)
+    pooled = rng.standard_normal((batch, get("pooled_projection_dim")), dtype=np.float32)
+    return x, t, ctx, pooled
+
+
+def torch_mmdit_forward(model, x, t, ctx, pooled) -> np.ndarray:
+    """diffusers' output for NHWC numpy inputs, returned NHWC."""
+    import torch
+
+    with torch.no_grad():
+        out = model(
+            torch.from_numpy(x).permute(0, 3, 1, 2),
+            torch.from_numpy(ctx),
+            torch.from_numpy(pooled),
+            torch.from_numpy(t) * 1000,
+        ).sample
+    return out.permute(0, 2, 3, 1).numpy()
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| relative to the reference's scale (max |b|)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
