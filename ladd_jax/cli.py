@@ -6,15 +6,18 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from ladd_jax.errors import LaddError
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from ladd_jax.atomic import check_writable_destination
     from ladd_jax.convert.mmdit import checkpoint_dtype, load_mmdit, save_mmdit
     from ladd_jax.models.mmdit import count_params
 
     start = time.perf_counter()
+    check_writable_destination(Path(args.dst), args.overwrite)  # before any reading
     dtype = args.dtype or checkpoint_dtype(args.src)
     config, params = load_mmdit(args.src)
     print(f"read {args.src}: MMDiT with {config.num_layers} blocks, {count_params(params):,} params")

@@ -115,20 +115,21 @@ SD3_TABLE = [
 # ----------------------------------------------------------------------------------------------------- loading
 
 
-def load_mmdit(path: str | Path, **compute: Any) -> tuple[MMDiTConfig, dict]:
+def load_mmdit(path: str | Path, **overrides: Any) -> tuple[MMDiTConfig, dict]:
     """(config, fp32 params) from a diffusers transformer folder (or a pipeline folder holding one), an
     SD3/SD3.5 single .safetensors file, or an orbax checkpoint written by `save_mmdit(..., format="orbax")`.
-    `compute` sets MMDiTConfig's computation fields (dtype, remat_policy, attention_impl)."""
+    `overrides` set MMDiTConfig fields: the computation ones (dtype, remat_policy, attention_impl), or for a
+    single file what its shapes cannot tell (num_attention_heads when there is no qk-norm)."""
     path = Path(path)
     if not path.exists():
         raise LaddError(f"{path} does not exist; point at a diffusers transformer folder or an SD3 .safetensors file")
     if path.is_file():
-        return _load_sd3_file(path, compute)
+        return _load_sd3_file(path, overrides)
     folder = path / "transformer" if (path / "model_index.json").is_file() else path
     config_json = _read_config(folder)
     if config_json.get(ORBAX_MARKER) == "orbax":
-        return _load_orbax(folder, config_json, compute)
-    config = MMDiTConfig.from_diffusers(config_json, **compute)
+        return _load_orbax(folder, config_json, overrides)
+    config = MMDiTConfig.from_diffusers(config_json, **overrides)
     source = read_folder(folder, "diffusion_pytorch_model")
     return config, _to_flax(config, source, Applied({}, [], []), f"{folder}")
 
@@ -150,20 +151,21 @@ def _read_config(folder: Path) -> dict:
     return config
 
 
-def _load_sd3_file(path: Path, compute: dict) -> tuple[MMDiTConfig, dict]:
+def _load_sd3_file(path: Path, overrides: dict) -> tuple[MMDiTConfig, dict]:
     file = SafetensorsFile(path)
     if any(k.startswith(SD3_PREFIX) for k in file):
         # An all-in-one file also holds the VAE and text encoders: keep the diffusion model's tensors.
         source = {k[len(SD3_PREFIX) :]: t for k, t in file.items() if k.startswith(SD3_PREFIX)}
     else:
         source = dict(file)
-    config = infer_sd3_config(source, str(path), **compute)
+    config = infer_sd3_config(source, str(path), **overrides)
     stage = apply(expand(SD3_TABLE, config.layer_tags()), source)
     return config, _to_flax(config, stage.tensors, stage, str(path))
 
 
-def infer_sd3_config(source: Mapping[str, LazyTensor], what: str, **compute: Any) -> MMDiTConfig:
-    """The architecture of an original SD3/SD3.5 checkpoint, read off its tensor shapes."""
+def infer_sd3_config(source: Mapping[str, LazyTensor], what: str, **overrides: Any) -> MMDiTConfig:
+    """The architecture of an original SD3/SD3.5 checkpoint, read off its tensor shapes. The head count is
+    the qk-norm width's quotient when there is one, else SD3's convention of one head per block."""
     if "x_embedder.proj.weight" not in source or "joint_blocks.0.x_block.attn.qkv.weight" not in source:
         some = ", ".join(list(source)[:5]) or "none"
         raise LaddError(
@@ -173,16 +175,19 @@ def infer_sd3_config(source: Mapping[str, LazyTensor], what: str, **compute: Any
     hidden, in_channels, patch, _ = source["x_embedder.proj.weight"].shape
     layers = 1 + max(int(k.split(".")[1]) for k in source if k.startswith("joint_blocks."))
     ln_q = source.get("joint_blocks.0.x_block.attn.ln_q.weight")
-    head_dim = ln_q.shape[0] if ln_q is not None else 64  # SD3 convention: 64-wide heads, as many as blocks
+    heads = hidden // ln_q.shape[0] if ln_q is not None else layers
+    heads = overrides.pop("num_attention_heads", heads)
     out_features = source["final_layer.linear.weight"].shape[0]
     max_size, sample_size = _infer_pos_embed_grid(source.get("pos_embed"), hidden, patch)
-    return MMDiTConfig(
+    if hidden % heads:
+        raise LaddError(f"{what}: width {hidden} does not split into {heads} heads; pass num_attention_heads")
+    fields = dict(
         sample_size=sample_size,
         patch_size=patch,
         in_channels=in_channels,
         num_layers=layers,
-        attention_head_dim=head_dim,
-        num_attention_heads=hidden // head_dim,
+        attention_head_dim=hidden // heads,
+        num_attention_heads=heads,
         joint_attention_dim=source["context_embedder.weight"].shape[1],
         caption_projection_dim=source["context_embedder.weight"].shape[0],
         pooled_projection_dim=source["y_embedder.mlp.0.weight"].shape[1],
@@ -190,8 +195,8 @@ def infer_sd3_config(source: Mapping[str, LazyTensor], what: str, **compute: Any
         pos_embed_max_size=max_size,
         dual_attention_layers=tuple(i for i in range(layers) if f"joint_blocks.{i}.x_block.attn2.qkv.weight" in source),
         qk_norm="rms_norm" if ln_q is not None else None,
-        **compute,
     )
+    return MMDiTConfig(**{**fields, **overrides})
 
 
 def _infer_pos_embed_grid(pos_embed: LazyTensor | None, dim: int, patch: int) -> tuple[int, int]:
@@ -257,10 +262,10 @@ def _check_pos_embed(config: MMDiTConfig, stored: LazyTensor, what: str) -> None
         )
 
 
-def _load_orbax(folder: Path, config_json: dict, compute: dict) -> tuple[MMDiTConfig, dict]:
+def _load_orbax(folder: Path, config_json: dict, overrides: dict) -> tuple[MMDiTConfig, dict]:
     import orbax.checkpoint as ocp
 
-    config = MMDiTConfig.from_diffusers(config_json, **compute)
+    config = MMDiTConfig.from_diffusers(config_json, **overrides)
     params = ocp.StandardCheckpointer().restore((folder / "params").absolute(), abstract_params(config))
     return config, params
 
