@@ -13,15 +13,12 @@ from ladd_jax.errors import LaddError
 
 def _convert(args: argparse.Namespace) -> None:
     from ladd_jax.atomic import check_writable_destination
-    from ladd_jax.convert.mmdit import checkpoint_dtype, load_mmdit, save_mmdit
-    from ladd_jax.models.mmdit import count_params
+    from ladd_jax.convert.mmdit import checkpoint_dtype, convert_checkpoint
 
     start = time.perf_counter()
     check_writable_destination(Path(args.dst), args.overwrite)  # before any reading
     dtype = args.dtype or checkpoint_dtype(args.src)
-    config, params = load_mmdit(args.src)
-    print(f"read {args.src}: MMDiT with {config.num_layers} blocks, {count_params(params):,} params")
-    save_mmdit(config, params, args.dst, format=args.to, dtype=dtype, overwrite=args.overwrite)
+    convert_checkpoint(args.src, args.dst, args.to, dtype=dtype, overwrite=args.overwrite)
     extra = "" if args.to == "orbax" else f" in {dtype}"
     print(f"wrote {args.dst} ({args.to}{extra}) in {time.perf_counter() - start:.1f} s")
 
@@ -55,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remat", default="none", help="remat policy of the Flax model")
     p.add_argument("--attention", default=None, help="jax.nn.dot_product_attention implementation (xla, cudnn)")
     p.set_defaults(fn=_bench)
+    from ladd_jax.sample import add_sample_parser
+
+    add_sample_parser(sub)
     return parser
 
 

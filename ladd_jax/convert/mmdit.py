@@ -120,18 +120,48 @@ def load_mmdit(path: str | Path, **overrides: Any) -> tuple[MMDiTConfig, dict]:
     SD3/SD3.5 single .safetensors file, or an orbax checkpoint written by `save_mmdit(..., format="orbax")`.
     `overrides` set MMDiTConfig fields: the computation ones (dtype, remat_policy, attention_impl), or for a
     single file what its shapes cannot tell (num_attention_heads when there is no qk-norm)."""
+    folder = _orbax_folder(path)
+    if folder is not None:
+        return _load_orbax(folder, overrides)
+    config, tensors = open_mmdit(path, **overrides)
+    return config, _stack(config, apply(expand(DIFFUSERS_TABLE, config.layer_tags()), tensors).tensors)
+
+
+def open_mmdit(path: str | Path, **overrides: Any) -> tuple[MMDiTConfig, dict[str, LazyTensor]]:
+    """(config, diffusers-named lazy tensors) of a PyTorch checkpoint, every name and shape checked against
+    the model; nothing is read beyond the headers (and the small pos_embed check)."""
     path = Path(path)
     if not path.exists():
         raise LaddError(f"{path} does not exist; point at a diffusers transformer folder or an SD3 .safetensors file")
     if path.is_file():
-        return _load_sd3_file(path, overrides)
+        file = SafetensorsFile(path)
+        if any(k.startswith(SD3_PREFIX) for k in file):
+            # An all-in-one file also holds the VAE and text encoders: keep the diffusion model's tensors.
+            source = {k[len(SD3_PREFIX) :]: t for k, t in file.items() if k.startswith(SD3_PREFIX)}
+        else:
+            source = dict(file)
+        config = infer_sd3_config(source, str(path), **overrides)
+        earlier = apply(expand(SD3_TABLE, config.layer_tags()), source)
+        tensors = earlier.tensors
+    else:
+        folder = path / "transformer" if (path / "model_index.json").is_file() else path
+        config = MMDiTConfig.from_diffusers(_read_config(folder), **overrides)
+        tensors, earlier = read_folder(folder, "diffusion_pytorch_model"), Applied({}, [], [])
+    stage = apply(expand(DIFFUSERS_TABLE, config.layer_tags()), tensors)
+    merged = Applied(stage.tensors, earlier.missing or stage.missing, earlier.unused + stage.unused)
+    P.validate(merged, _unstacked_shapes(config), str(path), ignore=(POS_EMBED,))
+    if POS_EMBED in tensors:
+        _check_pos_embed(config, tensors[POS_EMBED], str(path))
+    return config, tensors
+
+
+def _orbax_folder(path: str | Path) -> Path | None:
+    path = Path(path)
     folder = path / "transformer" if (path / "model_index.json").is_file() else path
-    config_json = _read_config(folder)
-    if config_json.get(ORBAX_MARKER) == "orbax":
-        return _load_orbax(folder, config_json, overrides)
-    config = MMDiTConfig.from_diffusers(config_json, **overrides)
-    source = read_folder(folder, "diffusion_pytorch_model")
-    return config, _to_flax(config, source, Applied({}, [], []), f"{folder}")
+    config = folder / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get(ORBAX_MARKER) == "orbax":
+        return folder
+    return None
 
 
 def _read_config(folder: Path) -> dict:
@@ -143,24 +173,12 @@ def _read_config(folder: Path) -> dict:
         )
     config = json.loads(config_path.read_text())
     cls = config.get("_class_name")
-    if cls != "SD3Transformer2DModel" and config.get(ORBAX_MARKER) is None:
+    if cls != "SD3Transformer2DModel":
         raise LaddError(
             f"{folder} holds no MMDiT: its config.json describes {cls!r}, not 'SD3Transformer2DModel'; "
             "point at the SD3 pipeline's transformer/ folder"
         )
     return config
-
-
-def _load_sd3_file(path: Path, overrides: dict) -> tuple[MMDiTConfig, dict]:
-    file = SafetensorsFile(path)
-    if any(k.startswith(SD3_PREFIX) for k in file):
-        # An all-in-one file also holds the VAE and text encoders: keep the diffusion model's tensors.
-        source = {k[len(SD3_PREFIX) :]: t for k, t in file.items() if k.startswith(SD3_PREFIX)}
-    else:
-        source = dict(file)
-    config = infer_sd3_config(source, str(path), **overrides)
-    stage = apply(expand(SD3_TABLE, config.layer_tags()), source)
-    return config, _to_flax(config, stage.tensors, stage, str(path))
 
 
 def infer_sd3_config(source: Mapping[str, LazyTensor], what: str, **overrides: Any) -> MMDiTConfig:
@@ -225,25 +243,18 @@ def _unstacked_shapes(config: MMDiTConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _to_flax(config: MMDiTConfig, source: Mapping[str, LazyTensor], earlier: Applied, what: str) -> dict:
-    """diffusers-named tensors -> the stacked Flax param tree, after one check of names and shapes."""
-    stage = apply(expand(DIFFUSERS_TABLE, config.layer_tags()), source)
-    merged = Applied(stage.tensors, earlier.missing or stage.missing, earlier.unused + stage.unused)
-    P.validate(merged, _unstacked_shapes(config), what, ignore=(POS_EMBED,))
-    if POS_EMBED in source:
-        _check_pos_embed(config, source[POS_EMBED], what)
-
+def _stack(config: MMDiTConfig, per_layer: Mapping[str, LazyTensor]) -> dict:
+    """Per-layer Flax-named tensors -> the param tree with scanned groups stacked, one tensor read at a time."""
     flat: dict[str, np.ndarray] = {}
-    groups = config.block_groups()
+    groups = {name: (start, stop) for name, start, stop in config.block_groups()}
     for name, shape in P.abstract_shapes(abstract_params(config)).items():
         head, _, rest = name.partition("/")
-        group = next(((start, stop) for g, start, stop in groups if g == head), None)
-        if group is None:
-            flat[name] = np.asarray(stage.tensors[name].load(), np.float32)
+        if head not in groups:
+            flat[name] = np.asarray(per_layer[name].load(), np.float32)
             continue
         stacked = np.empty(shape, np.float32)
-        for j, i in enumerate(range(*group)):
-            stacked[j] = stage.tensors[f"layers/{i}/{rest}"].load()
+        for j, i in enumerate(range(*groups[head])):
+            stacked[j] = per_layer[f"layers/{i}/{rest}"].load()
         flat[name] = stacked
     return P.unflatten(flat)
 
@@ -262,10 +273,10 @@ def _check_pos_embed(config: MMDiTConfig, stored: LazyTensor, what: str) -> None
         )
 
 
-def _load_orbax(folder: Path, config_json: dict, overrides: dict) -> tuple[MMDiTConfig, dict]:
+def _load_orbax(folder: Path, overrides: dict) -> tuple[MMDiTConfig, dict]:
     import orbax.checkpoint as ocp
 
-    config = MMDiTConfig.from_diffusers(config_json, **overrides)
+    config = MMDiTConfig.from_diffusers(json.loads((folder / "config.json").read_text()), **overrides)
     params = ocp.StandardCheckpointer().restore((folder / "params").absolute(), abstract_params(config))
     return config, params
 
@@ -286,16 +297,28 @@ def export_tensors(
                 per_layer[f"layers/{groups[head] + j}/{rest}"] = _slice(leaf, j)
         else:
             per_layer[name] = leaf
-    lazy = P.to_lazy(per_layer, dtype)
-    stage = apply(expand(DIFFUSERS_TABLE, config.layer_tags()), lazy, reverse=True)
+    stage = apply(expand(DIFFUSERS_TABLE, config.layer_tags()), P.to_lazy(per_layer), reverse=True)
     if stage.missing or stage.unused:
         raise LaddError(f"params do not match {config}: missing {stage.missing[:5]}, unexpected {stage.unused[:5]}")
-    pos = sincos_pos_embed(config)[None].astype(dtype or np.float32)
-    tensors = {POS_EMBED: LazyTensor.of(pos, POS_EMBED), **stage.tensors}
+    return to_layout(config, stage.tensors, dtype, layout)
+
+
+def to_layout(
+    config: MMDiTConfig, tensors: Mapping[str, LazyTensor], dtype=None, layout: str = "diffusers"
+) -> dict[str, LazyTensor]:
+    """diffusers-named tensors -> the tensors of a PyTorch `layout`, cast to `dtype`, pos_embed (re)computed."""
+    pos = sincos_pos_embed(config)[None]
+    tensors = {POS_EMBED: LazyTensor.of(pos, POS_EMBED), **{k: v for k, v in tensors.items() if k != POS_EMBED}}
+    if dtype is not None:
+        tensors = {k: _cast(t, dtype) for k, t in tensors.items()}
     if layout == "diffusers":
         return tensors
     sd3 = apply(expand(SD3_TABLE, config.layer_tags()), tensors, reverse=True)
     return {SD3_PREFIX + k: t for k, t in sd3.tensors.items()}
+
+
+def _cast(t: LazyTensor, dtype) -> LazyTensor:
+    return LazyTensor(t.shape, np.dtype(dtype), lambda: np.asarray(t.load()).astype(dtype, copy=False), t.origin)
 
 
 class _slice:
@@ -321,28 +344,54 @@ def save_mmdit(
     """Writes params as a diffusers transformer folder, an SD3 single file (loadable by diffusers' single-file
     converter) or an orbax checkpoint; `dtype` (e.g. "bfloat16") casts the PyTorch formats. The destination
     appears only once complete."""
-    if format not in FORMATS:
-        raise LaddError(f"unknown format {format!r}; choose one of {FORMATS}")
-    np_dtype = _np_dtype(dtype)
-    path = Path(path)
-    if format == "sd3":
-        tensors = export_tensors(config, params, np_dtype, "sd3")
-        with atomic_path(path, overwrite, is_dir=False) as tmp:
-            write_safetensors(tmp, tensors, {"format": "pt"})
-        return path
-    with atomic_path(path, overwrite) as tmp:
-        arch = config.to_diffusers()
-        if format == "diffusers":
-            write_folder(tmp, "diffusion_pytorch_model", export_tensors(config, params, np_dtype), max_shard_bytes)
-        else:
-            import orbax.checkpoint as ocp
+    if format == "orbax":
+        import orbax.checkpoint as ocp
 
-            arch[ORBAX_MARKER] = "orbax"
+        with atomic_path(path, overwrite) as tmp:
             with ocp.StandardCheckpointer() as ckptr:
                 ckptr.save((tmp / "params").absolute(), params)
                 ckptr.wait_until_finished()
-        (tmp / "config.json").write_text(json.dumps(arch, indent=2))
-    return path
+            (tmp / "config.json").write_text(json.dumps({**config.to_diffusers(), ORBAX_MARKER: "orbax"}, indent=2))
+        return Path(path)
+    tensors = export_tensors(config, params, _np_dtype(dtype), _layout(format))
+    return _write_torch(config, tensors, path, format, overwrite, max_shard_bytes)
+
+
+def convert_checkpoint(
+    src: str | Path, dst: str | Path, format: str, dtype: str | None = None, overwrite=False
+) -> Path:
+    """Any supported checkpoint -> `format`. Between PyTorch layouts nothing is materialised: tensors stream
+    from the source file to the destination one at a time."""
+    if format == "orbax" or _orbax_folder(src) is not None:
+        config, params = load_mmdit(src)
+        return save_mmdit(config, params, dst, format, dtype, overwrite)
+    config, tensors = open_mmdit(src)
+    tensors = to_layout(config, tensors, _np_dtype(dtype), _layout(format))
+    return _write_torch(config, tensors, dst, format, overwrite)
+
+
+def _layout(format: str) -> str:
+    if format not in FORMATS:
+        raise LaddError(f"unknown format {format!r}; choose one of {FORMATS}")
+    return format
+
+
+def _write_torch(
+    config: MMDiTConfig,
+    tensors: Mapping[str, LazyTensor],
+    path,
+    format: str,
+    overwrite: bool,
+    max_shard_bytes=10 * 2**30,
+) -> Path:
+    if format == "sd3":
+        with atomic_path(path, overwrite, is_dir=False) as tmp:
+            write_safetensors(tmp, tensors, {"format": "pt"})
+        return Path(path)
+    with atomic_path(path, overwrite) as tmp:
+        write_folder(tmp, "diffusion_pytorch_model", tensors, max_shard_bytes)
+        (tmp / "config.json").write_text(json.dumps(config.to_diffusers(), indent=2))
+    return Path(path)
 
 
 def _np_dtype(dtype: str | None):
@@ -362,9 +411,9 @@ def checkpoint_dtype(path: str | Path) -> str:
     if path.is_file():
         tensors = SafetensorsFile(path)
     else:
-        folder = path / "transformer" if (path / "model_index.json").is_file() else path
-        if _read_config(folder).get(ORBAX_MARKER):
+        if _orbax_folder(path) is not None:
             return "float32"
+        folder = path / "transformer" if (path / "model_index.json").is_file() else path
         tensors = read_folder(folder, "diffusion_pytorch_model")
     first = next(iter(tensors.values()))
     return {"bfloat16": "bfloat16", "float16": "float16"}.get(first.dtype.name, "float32")
