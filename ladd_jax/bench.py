@@ -2,6 +2,8 @@
 
 `mmdit`: forward and forward+backward of the Flax MMDiT, beside diffusers' PyTorch model on the same
 config and the same device (the CPU here), with achieved TFLOP/s and, on a GPU, MFU.
+`pipeline`: seconds per image of `SD3Pipeline` (text encoders, sampler with CFG, VAE decode) beside diffusers'
+`StableDiffusion3Pipeline` on the same local folder, resolution, sampling steps and guidance scale.
 """
 
 from __future__ import annotations
@@ -145,7 +147,75 @@ def _torch_mmdit(config: MMDiTConfig, batch: int, hw: int, steps: int) -> dict:
     return out
 
 
-BENCHES = {"mmdit": bench_mmdit}
+PROMPT = "a photo of a cat sitting on the red sofa"
+
+
+def bench_pipeline(args: argparse.Namespace) -> dict:
+    from ladd_jax.pipeline import SD3Pipeline
+
+    if not args.model:
+        raise LaddError(
+            "bench pipeline needs --model, a diffusers Stable Diffusion 3 folder; for a tiny random one run "
+            '`python -c "from tests.tokenizer_fixtures import write_tiny_sd3_folder; '
+            "write_tiny_sd3_folder('tiny_sd3')\"` from the repo root"
+        )
+    if args.sampling_steps < 1:
+        raise LaddError(f"--sampling-steps {args.sampling_steps} must be at least 1")
+    if args.steps < 1:
+        raise LaddError(f"--steps {args.steps} must be at least 1")
+    dtype = args.dtype or "float32"
+    batch = args.batch or 1
+    t0 = time.perf_counter()
+    pipe = SD3Pipeline.from_pretrained(args.model, dtype=dtype)
+    jax_load = time.perf_counter() - t0
+    res = args.resolution or pipe.default_size
+    pipe.check_size(res, res)
+    prompts = [PROMPT] * batch
+    call = dict(num_inference_steps=args.sampling_steps, guidance_scale=args.cfg, height=res, width=res)
+
+    device = jax.devices()[0]
+    result = {
+        "device": getattr(device, "device_kind", str(device)),
+        "model": str(args.model),
+        "resolution": res,
+        "batch": batch,
+        "sampling_steps": args.sampling_steps,
+        "cfg": args.cfg,
+        "dtype": dtype,
+        "jax_load_s": jax_load,
+    }
+    first, sec = _time(lambda: pipe(prompts, seed=0, output_type="np", **call), args.steps)
+    result["jax_first_call_s"] = first
+    result["jax_s_per_image"] = sec / batch
+    if not args.no_torch:
+        result.update(_torch_pipeline(args.model, dtype, prompts, call, args.steps))
+        result["torch_over_jax"] = result["torch_s_per_image"] / result["jax_s_per_image"]
+    return result
+
+
+def _torch_pipeline(folder: str, dtype: str, prompts: list[str], call: dict, steps: int) -> dict:
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+
+    t0 = time.perf_counter()
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, dtype=getattr(torch, dtype))
+    load = time.perf_counter() - t0
+    pipe.set_progress_bar_config(disable=True)
+
+    def fn():
+        with torch.no_grad():
+            return pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="np", **call).images
+
+    first, sec = _time(fn, steps)
+    return {
+        "torch_load_s": load,
+        "torch_first_call_s": first,
+        "torch_s_per_image": sec / len(prompts),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+BENCHES = {"mmdit": bench_mmdit, "pipeline": bench_pipeline}
 
 
 def run(what: str, args: argparse.Namespace) -> dict:

@@ -42,12 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_convert)
 
     p = sub.add_parser("bench", help="benchmarks (figures for the README; never timed tests)")
-    p.add_argument("what", choices=("mmdit",))
+    p.add_argument("what", choices=("mmdit", "pipeline"), help="mmdit: the Flax MMDiT; pipeline: SD3Pipeline")
     p.add_argument("--preset", default=None, help="an MMDiT preset (e.g. sd3-medium) instead of the small config")
     p.add_argument("--resolution", type=int, default=None, help="image side in pixels (latent = /8)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
     p.add_argument("--steps", type=int, default=5, help="timed repetitions after warm-up")
+    p.add_argument(
+        "--model",
+        default=None,
+        help='pipeline: a diffusers SD3 folder (required); `python -c "from tests.tokenizer_fixtures import '
+        "write_tiny_sd3_folder; write_tiny_sd3_folder('tiny_sd3')\"`, run from the repo root, writes a tiny random one",
+    )
+    p.add_argument("--sampling-steps", type=int, default=28, help="pipeline: sampler steps per image")
+    p.add_argument("--cfg", type=float, default=7.0, help="pipeline: classifier-free guidance scale")
     p.add_argument("--no-torch", action="store_true", help="skip the diffusers PyTorch comparison")
     p.add_argument("--remat", default="none", help="remat policy of the Flax model")
     p.add_argument("--attention", default=None, help="jax.nn.dot_product_attention implementation (xla, cudnn)")

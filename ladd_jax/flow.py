@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from ladd_jax.errors import LaddError
+
 __all__ = [
     "add_noise",
     "velocity_target",
@@ -40,7 +42,7 @@ def _bcast_t(t: ArrayLike, x: jax.Array) -> jax.Array:
     if t.ndim == 0:
         return t
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
-        raise ValueError(f"t must be a scalar or have shape [B]={x.shape[:1]}, got shape {t.shape}")
+        raise LaddError(f"t must be a scalar or have shape [B]={x.shape[:1]}, got shape {t.shape}")
     return t.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
@@ -73,7 +75,7 @@ def sample_logit_normal(
 ) -> jax.Array:
     """Logit-normal times ``t = sigmoid(mean + std * N(0, 1))`` in (0, 1) (SD3 training distribution)."""
     if isinstance(std, (int, float)) and not std > 0:
-        raise ValueError(f"std must be > 0, got {std}")
+        raise LaddError(f"std must be > 0, got {std}")
     z = jax.random.normal(key, tuple(shape), dtype=jnp.float32)
     return jax.nn.sigmoid(mean + std * z).astype(dtype)
 
@@ -84,7 +86,7 @@ def shift_sigma(t: ArrayLike, shift: float) -> ArrayLike:
     Works on Python floats (returns a float) and on arrays alike.
     """
     if isinstance(shift, (int, float)) and not shift > 0:
-        raise ValueError(f"shift must be > 0, got {shift}")
+        raise LaddError(f"shift must be > 0, got {shift}")
     return shift * t / (1 + (shift - 1) * t)
 
 
@@ -96,13 +98,13 @@ def flow_match_sigmas(num_inference_steps: int, shift: float = 3.0, num_train_ti
     Only SD3's defaults are modelled (static shift, no karras/exponential/beta sigmas, no inversion).
     """
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-        raise ValueError(f"num_inference_steps must be an int, got {num_inference_steps!r}")
+        raise LaddError(f"num_inference_steps must be an int, got {num_inference_steps!r}")
     if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        raise LaddError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     if not (math.isfinite(shift) and shift > 0):
-        raise ValueError(f"shift must be a finite number > 0, got {shift}")
+        raise LaddError(f"shift must be a finite number > 0, got {shift}")
     if int(num_train_timesteps) != num_train_timesteps or num_train_timesteps < 1:
-        raise ValueError(f"num_train_timesteps must be an int >= 1, got {num_train_timesteps}")
+        raise LaddError(f"num_train_timesteps must be an int >= 1, got {num_train_timesteps}")
     n_train = int(num_train_timesteps)
 
     # Scheduler __init__ (torch float32): training sigmas, already shifted once.
@@ -156,7 +158,7 @@ def sample_euler(
     """
     sig = np.asarray(sigmas, dtype=np.float32)
     if sig.ndim != 1 or sig.shape[0] < 2:
-        raise ValueError(f"sigmas must be 1-D with at least 2 entries (start and end), got shape {sig.shape}")
+        raise LaddError(f"sigmas must be 1-D with at least 2 entries (start and end), got shape {sig.shape}")
     x = jnp.asarray(latents)
     batch = x.shape[0]
     use_cfg = guidance_scale > 1.0
@@ -184,9 +186,9 @@ def sample_student(denoise_fn: DenoiseFn, noise: jax.Array, timesteps: Sequence[
     """
     ts = [float(t) for t in timesteps]
     if not ts:
-        raise ValueError("timesteps must contain at least one time")
+        raise LaddError("timesteps must contain at least one time")
     if any(not 0.0 < t <= 1.0 for t in ts):
-        raise ValueError(f"timesteps must lie in (0, 1], got {ts}")
+        raise LaddError(f"timesteps must lie in (0, 1], got {ts}")
     x = jnp.asarray(noise)
     batch = x.shape[0]
     x0_hat = x
@@ -204,10 +206,10 @@ def student_timesteps(num_steps: int, shift: float | None = None) -> tuple[float
     1 -> (1.0,), 2 -> (1.0, 0.5), 4 -> (1.0, 0.75, 0.5, 0.25).
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        raise LaddError(f"num_steps must be an int >= 1, got {num_steps!r}")
     ts = tuple(1.0 - i / num_steps for i in range(num_steps))
     if shift is not None:
         if not (math.isfinite(shift) and shift > 0):
-            raise ValueError(f"shift must be a finite number > 0, got {shift}")
+            raise LaddError(f"shift must be a finite number > 0, got {shift}")
         ts = tuple(float(shift_sigma(t, float(shift))) for t in ts)
     return ts
