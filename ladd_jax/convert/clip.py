@@ -7,20 +7,17 @@ model.safetensors (or its shards); `save_clip(...)` writes a folder that
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ladd_jax.atomic import atomic_path
-from ladd_jax.convert.params import abstract_shapes, export_params, flatten, load_params
-from ladd_jax.convert.safetensors_io import read_folder, write_folder
+from ladd_jax.convert.hf import read_hf_config, save_hf_folder
+from ladd_jax.convert.params import check_params, export_params, load_params
+from ladd_jax.convert.safetensors_io import read_folder
 from ladd_jax.convert.table import LINEAR, Rule, expand, rule
-from ladd_jax.errors import LaddError
 from ladd_jax.models.clip import CLIPTextConfig, CLIPTextEncoder
 
 ARCHITECTURE = "CLIPTextModelWithProjection"
@@ -74,42 +71,6 @@ def abstract_params(config: CLIPTextConfig) -> dict:
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
 
 
-def read_hf_config(folder: str | Path, architecture: str, model_type: str) -> dict[str, Any]:
-    """config.json of a transformers folder, checked to describe `architecture`."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise LaddError(f"{folder} holds no config.json; expected a transformers {architecture} folder")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LaddError(f"{path} is not valid JSON ({e}); re-download or re-export it") from e
-    archs = config.get("architectures") or []
-    found = archs or [f"model_type {config.get('model_type')!r}"]
-    if (archs and architecture not in archs) or (not archs and config.get("model_type") != model_type):
-        raise LaddError(
-            f"{path} describes {', '.join(found)}, but a {architecture} (model_type {model_type!r}) is expected "
-            "here; point to the right sub-folder (e.g. text_encoder, text_encoder_2, text_encoder_3 of an SD3 "
-            "checkpoint)"
-        )
-    return config
-
-
-def check_params(params: Mapping, abstract: Mapping, what: str) -> None:
-    """Fails listing every param whose name or shape is not the model's."""
-    have = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
-    want = abstract_shapes(abstract)
-    bad = [f"missing {k}" for k in want if k not in have]
-    bad += [f"unexpected {k}" for k in have if k not in want]
-    bad += [f"{k}: {have[k]}, expected {want[k]}" for k in want if k in have and have[k] != want[k]]
-    if bad:
-        raise LaddError(f"params do not match the {what} their config describes:\n  " + "\n  ".join(bad))
-
-
-def hf_dtype_name(dtype: Any) -> str:
-    """The name transformers writes as config.json's "dtype" ("float32", "bfloat16", ...)."""
-    return np.dtype(dtype).name
-
-
 def load_clip(folder: str | Path) -> tuple[CLIPTextConfig, dict]:
     """A transformers `CLIPTextModelWithProjection` folder -> (config, fp32 params), validated."""
     config = CLIPTextConfig.from_hf(read_hf_config(folder, ARCHITECTURE, MODEL_TYPE))
@@ -124,9 +85,4 @@ def save_clip(
 ) -> None:
     """Writes config.json + model.safetensors (cast to `dtype` if given), atomically, for transformers."""
     check_params(params, abstract_params(config), "CLIP text encoder")
-    tensors = export_params(params, rules(config), dtype)
-    hf = config.to_hf()
-    hf["dtype"] = hf_dtype_name(dtype or np.float32)
-    with atomic_path(folder, overwrite) as tmp:
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
-        write_folder(tmp, "model", tensors)
+    save_hf_folder(config.to_hf(), export_params(params, rules(config), dtype), folder, dtype, overwrite)

@@ -95,3 +95,14 @@ def export_params(params: Mapping, rules: Sequence[Rule], dtype=None) -> dict[st
     if applied.missing or applied.unused:
         raise LaddError(f"params do not match the conversion table: missing {applied.missing}, extra {applied.unused}")
     return applied.tensors
+
+
+def check_params(params: Mapping, abstract: Mapping, what: str) -> None:
+    """Fails listing every param whose name or shape is not the model's."""
+    have = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
+    want = abstract_shapes(abstract)
+    bad = [f"missing {k}" for k in want if k not in have]
+    bad += [f"unexpected {k}" for k in have if k not in want]
+    bad += [f"{k}: {have[k]}, expected {want[k]}" for k in want if k in have and have[k] != want[k]]
+    if bad:
+        raise LaddError(f"params do not match the {what} their config describes:\n  " + "\n  ".join(bad))

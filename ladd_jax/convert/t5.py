@@ -8,19 +8,16 @@ or `encoder.embed_tokens.weight` when only that is present; saving writes `share
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ladd_jax.atomic import atomic_path
-from ladd_jax.convert.clip import check_params, hf_dtype_name, read_hf_config
-from ladd_jax.convert.params import export_params, load_params
-from ladd_jax.convert.safetensors_io import read_folder, write_folder
+from ladd_jax.convert.hf import read_hf_config, save_hf_folder
+from ladd_jax.convert.params import check_params, export_params, load_params
+from ladd_jax.convert.safetensors_io import read_folder
 from ladd_jax.convert.table import LINEAR, Rule, expand, rule
 from ladd_jax.models.t5 import T5Config, T5Encoder
 
@@ -69,9 +66,4 @@ def load_t5(folder: str | Path) -> tuple[T5Config, dict]:
 def save_t5(config: T5Config, params: Mapping, folder: str | Path, dtype: Any = None, overwrite: bool = False) -> None:
     """Writes config.json + model.safetensors (sharded past 10 GiB; cast to `dtype` if given), atomically."""
     check_params(params, abstract_params(config), "T5 encoder")
-    tensors = export_params(params, rules(config), dtype)
-    hf = config.to_hf()
-    hf["dtype"] = hf_dtype_name(dtype or np.float32)
-    with atomic_path(folder, overwrite) as tmp:
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
-        write_folder(tmp, "model", tensors)
+    save_hf_folder(config.to_hf(), export_params(params, rules(config), dtype), folder, dtype, overwrite)

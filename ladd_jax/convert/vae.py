@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ladd_jax.atomic import atomic_path, check_writable_destination
-from ladd_jax.convert.params import abstract_shapes, export_params, flatten, load_params
+from ladd_jax.convert.params import abstract_shapes, check_params, export_params, load_params
 from ladd_jax.convert.safetensors_io import LazyTensor, read_folder, write_folder
 from ladd_jax.convert.table import CONV2D, IDENTITY, Hook, Rule, rule
 from ladd_jax.errors import LaddError
@@ -167,23 +167,12 @@ def save_vae(
     """
     folder = Path(folder)
     check_writable_destination(folder, overwrite)
-    _check_shapes(config, params)
+    check_params(params, abstract_vae_params(config), "VAE")
     tensors = export_params(params, vae_table(config), dtype)
     with atomic_path(folder, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(config.to_diffusers(), indent=2) + "\n")
         write_folder(tmp, STEM, tensors)
     return folder
-
-
-def _check_shapes(config: VAEConfig, params: Mapping) -> None:
-    expected = abstract_shapes(abstract_vae_params(config))
-    got = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
-    wrong = [f"{k}: {got.get(k)} vs {s}" for k, s in expected.items() if got.get(k) != s]
-    wrong += [f"{k}: not in the model" for k in got if k not in expected]
-    if wrong:
-        raise LaddError(
-            f"params do not match the VAE config ({len(wrong)} problems, got vs expected): " + "; ".join(wrong[:20])
-        )
 
 
 def param_count(config: VAEConfig) -> int:
