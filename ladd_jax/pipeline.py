@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from ladd_jax.errors import LaddError
 from ladd_jax.flow import flow_match_sigmas, sample_euler
+from ladd_jax.jsonfile import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +64,7 @@ def read_model_index(folder: str | Path) -> dict[str, str | None]:
     required component is listed with a known class and has its sub-folder."""
     folder = Path(folder)
     path = folder / "model_index.json"
-    if not path.is_file():
-        raise LaddError(f"{folder} has no model_index.json; point --model at a diffusers Stable Diffusion 3 folder")
-    try:
-        index = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LaddError(f"{path} is not valid JSON ({e}); re-download or re-save the pipeline") from e
+    index = read_json(path, f"{folder} has no model_index.json; point --model at a diffusers Stable Diffusion 3 folder")
     out: dict[str, str | None] = {}
     for name, allowed in COMPONENTS.items():
         entry = index.get(name)
@@ -99,12 +95,7 @@ def read_model_index(folder: str | Path) -> dict[str, str | None]:
 def read_scheduler_config(folder: str | Path) -> dict[str, Any]:
     """scheduler_config.json of a FlowMatchEulerDiscreteScheduler, checked to use only the static shift."""
     path = Path(folder) / "scheduler_config.json"
-    if not path.is_file():
-        raise LaddError(f"{Path(folder)} has no scheduler_config.json; re-save the pipeline's scheduler")
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LaddError(f"{path} is not valid JSON ({e}); re-download or re-save the pipeline") from e
+    config = read_json(path, f"{Path(folder)} has no scheduler_config.json; re-save the pipeline's scheduler")
     used = [k for k in _UNSUPPORTED_SCHEDULER_OPTIONS if config.get(k)]
     if used:
         raise LaddError(

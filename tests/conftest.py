@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tokenizer_fixtures import randomize_
 
 TINY_MMDIT = dict(
     sample_size=16,
@@ -25,16 +26,6 @@ MMDIT_VARIANTS = {
     "sd3.5-medium": {"qk_norm": "rms_norm", "dual_attention_layers": (0, 1), "num_layers": 4, "pos_embed_max_size": 16},
     "patch1": {"patch_size": 1, "dual_attention_layers": (1,)},
 }
-
-
-def randomize_(module, seed: int = 0, std: float = 0.2) -> None:
-    """Every weight random: diffusers zero-inits adaLN and output layers, which would hide mistakes."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (std if p.ndim > 1 else std / 2))
 
 
 def tiny_sd3_transformer(variant: str, seed: int = 0):

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tokenizer_fixtures import randomize_
 
 from ladd_jax.convert import clip as convert_clip
 from ladd_jax.convert import t5 as convert_t5
@@ -40,15 +41,6 @@ def _rel_err(ours, ref) -> float:
     return float(np.abs(np.asarray(ours, np.float64) - ref).max() / np.abs(ref).max())
 
 
-def _randomize(model, seed: int) -> None:
-    """Every weight random (norm scales around 1), so no term of the forward pass is trivially zero."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * 0.2
-            p.copy_(noise + 1.0 if "norm" in name and name.endswith("weight") else noise)
-
-
 def _hf_clip(variant: str):
     config = transformers.CLIPTextConfig(
         vocab_size=1000,
@@ -62,7 +54,7 @@ def _hf_clip(variant: str):
         **CLIP_VARIANTS[variant],
     )
     model = transformers.CLIPTextModelWithProjection(config).eval()
-    _randomize(model, seed=len(variant))
+    randomize_(model, seed=len(variant))
     return model
 
 
@@ -79,7 +71,7 @@ def _hf_t5(feed_forward_proj: str):
         feed_forward_proj=feed_forward_proj,
     )
     model = transformers.T5EncoderModel(config).eval()
-    _randomize(model, seed=len(feed_forward_proj))
+    randomize_(model, seed=len(feed_forward_proj))
     return model
 
 

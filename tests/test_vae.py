@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tokenizer_fixtures import randomize_
 
 from ladd_jax.convert.params import flatten
 from ladd_jax.convert.vae import load_vae, param_count, save_vae, vae_table
@@ -35,20 +36,6 @@ FP32_TOL = 1e-4  # max abs error relative to the reference output's max abs valu
 BF16_TOL = 5e-2  # bf16 compute vs fp32, same measure
 
 
-def _randomize(vae, seed: int) -> None:
-    """Every weight random: weights ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.2), biases ~ N(0, 0.1)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.ndim >= 2:
-                p.copy_(noise / np.sqrt(np.prod(p.shape[1:])))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * noise)
-            else:
-                p.copy_(0.1 * noise)
-
-
 def _nhwc(t) -> np.ndarray:
     return t.detach().numpy().transpose(0, 2, 3, 1)
 
@@ -62,7 +49,7 @@ class Case:
 
     def __init__(self, name: str, folder):
         self.vae = diffusers.AutoencoderKL(**VARIANTS[name]).eval()
-        _randomize(self.vae, seed=len(name))
+        randomize_(self.vae, seed=len(name))
         self.folder = folder / name
         self.vae.save_pretrained(self.folder)
         self.config, self.params = load_vae(self.folder)

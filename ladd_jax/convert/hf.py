@@ -12,17 +12,13 @@ import numpy as np
 from ladd_jax.atomic import atomic_path
 from ladd_jax.convert.safetensors_io import LazyTensor, write_folder
 from ladd_jax.errors import LaddError
+from ladd_jax.jsonfile import read_json
 
 
 def read_hf_config(folder: str | Path, architecture: str, model_type: str) -> dict[str, Any]:
     """config.json of a transformers folder, checked to describe `architecture`."""
     path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise LaddError(f"{folder} holds no config.json; expected a transformers {architecture} folder")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LaddError(f"{path} is not valid JSON ({e}); re-download or re-export it") from e
+    config = read_json(path, f"{folder} holds no config.json; expected a transformers {architecture} folder")
     archs = config.get("architectures") or []
     found = archs or [f"model_type {config.get('model_type')!r}"]
     if (archs and architecture not in archs) or (not archs and config.get("model_type") != model_type):

@@ -22,6 +22,7 @@ from ladd_jax.convert import params as P
 from ladd_jax.convert.safetensors_io import LazyTensor, SafetensorsFile, read_folder, write_folder, write_safetensors
 from ladd_jax.convert.table import CONV2D, IDENTITY, LINEAR, Applied, Hook, Split, SwapHalves, apply, expand, rule
 from ladd_jax.errors import LaddError
+from ladd_jax.jsonfile import read_json
 from ladd_jax.models.mmdit import MMDiTConfig, abstract_params, sincos_pos_embed
 
 FORMATS = ("diffusers", "sd3", "orbax")
@@ -165,13 +166,11 @@ def _orbax_folder(path: str | Path) -> Path | None:
 
 
 def _read_config(folder: Path) -> dict:
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise LaddError(
-            f"{folder} holds no MMDiT: there is no config.json; point at a diffusers SD3 transformer folder "
-            "(or the pipeline folder above it) or at an SD3 .safetensors file"
-        )
-    config = json.loads(config_path.read_text())
+    config = read_json(
+        folder / "config.json",
+        f"{folder} holds no MMDiT: there is no config.json; point at a diffusers SD3 transformer folder "
+        "(or the pipeline folder above it) or at an SD3 .safetensors file",
+    )
     cls = config.get("_class_name")
     if cls != "SD3Transformer2DModel":
         raise LaddError(

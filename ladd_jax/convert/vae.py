@@ -19,6 +19,7 @@ from ladd_jax.convert.params import abstract_shapes, check_params, export_params
 from ladd_jax.convert.safetensors_io import LazyTensor, read_folder, write_folder
 from ladd_jax.convert.table import CONV2D, IDENTITY, Hook, Rule, rule
 from ladd_jax.errors import LaddError
+from ladd_jax.jsonfile import read_json
 from ladd_jax.models.vae import VAEConfig, abstract_vae_params
 
 STEM = "diffusion_pytorch_model"
@@ -138,12 +139,7 @@ def _rename_legacy(source: Mapping[str, LazyTensor]) -> dict[str, LazyTensor]:
 def read_vae_config(folder: str | Path) -> VAEConfig:
     """The `VAEConfig` of a diffusers vae folder's config.json."""
     path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise LaddError(f"{folder} has no config.json; point to a diffusers AutoencoderKL folder (e.g. <model>/vae)")
-    try:
-        raw = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LaddError(f"{path} is not valid JSON ({e}); re-download it") from e
+    raw = read_json(path, f"{folder} has no config.json; point to a diffusers AutoencoderKL folder (e.g. <model>/vae)")
     try:
         return VAEConfig.from_diffusers(raw)
     except LaddError as e:
