@@ -56,7 +56,7 @@ def _time(fn: Callable, steps: int) -> tuple[float, float]:
     return first, float(np.median(times))
 
 
-def _peak_tflops(device: jax.Device) -> float | None:
+def peak_tflops(device: jax.Device) -> float | None:
     kind = getattr(device, "device_kind", "")
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), None)
 
@@ -94,7 +94,7 @@ def bench_mmdit(args: argparse.Namespace) -> dict:
         "remat": config.remat_policy,
         "forward_gflop": flops / 1e9,
     }
-    peak = _peak_tflops(device)
+    peak = peak_tflops(device)
     for name, fn, f in (
         ("forward", lambda: fwd(params), flops),
         ("forward_backward", lambda: fwd_bwd(params), 3 * flops),

@@ -193,7 +193,9 @@ def _t5_fn(config: Any, dtype: str) -> Callable:
 class SD3Pipeline:
     """SD3 text-to-image: `SD3Pipeline.from_pretrained(folder)(["a photo of a cat"], height=..., width=...)`."""
 
-    def __init__(self, folder: Path, dtype: str, classes: dict[str, str | None]):
+    def __init__(
+        self, folder: Path, dtype: str, classes: dict[str, str | None], transformer: tuple[Any, Any] | None = None
+    ):
         # Imported here: transformers and the converters are only needed once a pipeline is built.
         import transformers
 
@@ -215,8 +217,11 @@ class SD3Pipeline:
         self.shift = float(self.scheduler_config.get("shift", 1.0))
         self.num_train_timesteps = int(self.scheduler_config.get("num_train_timesteps", 1000))
 
-        self.transformer_config, params = load_mmdit(folder / "transformer", dtype=dtype)
-        self.transformer_params = put(params)
+        if transformer is None:
+            self.transformer_config, params = load_mmdit(folder / "transformer", dtype=dtype)
+            self.transformer_params = put(params)
+        else:  # already on the devices, placed by the caller (e.g. the trainer's sharded teacher)
+            self.transformer_config, self.transformer_params = transformer
         self._transformer = _transformer_fn(self.transformer_config)
 
         self.vae_config, params = load_vae(folder / "vae")
@@ -239,15 +244,18 @@ class SD3Pipeline:
             self._t5 = _t5_fn(self.t5_config, dtype)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: str = "float32") -> SD3Pipeline:
+    def from_pretrained(
+        cls, folder: str | Path, dtype: str = "float32", transformer: tuple[Any, Any] | None = None
+    ) -> SD3Pipeline:
         """Loads a local diffusers SD3 / SD3.5 pipeline folder. `dtype` ("float32", "bfloat16", "float16") is the
-        compute dtype of every model, and the dtype their params are kept in on the devices."""
+        compute dtype of every model, and the dtype their params are kept in on the devices. `transformer`:
+        (MMDiTConfig, params already on the devices) to use instead of loading the folder's transformer."""
         if dtype not in DTYPES:
             raise LaddError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
         folder = Path(folder)
         if not folder.is_dir():
             raise LaddError(f"{folder} is not a folder; point at a diffusers Stable Diffusion 3 pipeline folder")
-        return cls(folder, dtype, read_model_index(folder))
+        return cls(folder, dtype, read_model_index(folder), transformer)
 
     # ------------------------------------------------------------------------------------------------ properties
 
@@ -385,10 +393,7 @@ class SD3Pipeline:
         self.check_size(height, width)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         batch = len(prompts)
-        try:
-            sigmas = flow_match_sigmas(num_inference_steps, self.shift, self.num_train_timesteps)
-        except ValueError as e:
-            raise LaddError(f"{e}; use a positive number of steps") from None
+        self._sigmas(num_inference_steps)  # fails before any encoding
         if latents is None:
             x = self.initial_latents(batch, height, width, seed)
         else:
@@ -398,11 +403,42 @@ class SD3Pipeline:
             if x.shape != want:
                 raise LaddError(f"latents have shape {x.shape}; {height}x{width} images need NHWC latents {want}")
 
-        cfg = guidance_scale > 1.0
         embeds, neg_embeds, pooled, neg_pooled = self.encode_prompt(
-            prompts, negative_prompts, max_sequence_length, do_classifier_free_guidance=cfg
+            prompts, negative_prompts, max_sequence_length, do_classifier_free_guidance=guidance_scale > 1.0
         )
-        if cfg:  # diffusers' order: [uncond; cond], which sample_euler's contract expects
+        x = self.denoise(x, embeds, pooled, neg_embeds, neg_pooled, num_inference_steps, guidance_scale, progress)
+        if output_type == "latent":
+            return np.asarray(x)
+        return self.decode(x)
+
+    def decode(self, latents: Any) -> np.ndarray:
+        """NHWC latents as the sampler gives them -> images [B, H, W, 3] float32 in [0, 1]."""
+        return np.asarray(self._decode(self.vae_params, self._shard(latents)))
+
+    def _sigmas(self, num_inference_steps: int) -> np.ndarray:
+        try:
+            return flow_match_sigmas(num_inference_steps, self.shift, self.num_train_timesteps)
+        except ValueError as e:
+            raise LaddError(f"{e}; use a positive number of steps") from None
+
+    def denoise(
+        self,
+        latents: Any,
+        embeds: jax.Array,
+        pooled: jax.Array,
+        neg_embeds: jax.Array | None = None,
+        neg_pooled: jax.Array | None = None,
+        num_inference_steps: int = 28,
+        guidance_scale: float = 7.0,
+        progress: bool | Callable[[int, int], None] = False,
+    ) -> jax.Array:
+        """The sampler alone: NHWC initial `latents` -> the final latents (what `output_type="latent"` gives), for
+        conditioning from `encode_prompt` (the negatives are needed when guidance_scale > 1). For callers that
+        keep the text embeddings, e.g. the synthetic-data job."""
+        sigmas = self._sigmas(num_inference_steps)
+        if guidance_scale > 1.0:  # diffusers' order: [uncond; cond], which sample_euler's contract expects
+            if neg_embeds is None or neg_pooled is None:
+                raise LaddError("guidance_scale > 1 needs the negative embeddings; encode with guidance on")
             embeds = jnp.concatenate([neg_embeds, embeds])
             pooled = jnp.concatenate([neg_pooled, pooled])
         context, pooled = self._shard(embeds), self._shard(pooled)
@@ -417,10 +453,7 @@ class SD3Pipeline:
             bar = tqdm(total=num_inference_steps, desc="sampling", unit="step")
             callback = lambda i, n: bar.update(1)
         try:
-            x = sample_euler(velocity, self._shard(x), sigmas, guidance_scale, callback)
+            return sample_euler(velocity, self._shard(latents), sigmas, guidance_scale, callback)
         finally:
             if bar is not None:
                 bar.close()
-        if output_type == "latent":
-            return np.asarray(x)
-        return np.asarray(self._decode(self.vae_params, x))

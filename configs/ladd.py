@@ -1,0 +1,102 @@
+"""LADD distillation configs: `ladd-jax train --config configs/ladd.py:VARIANT --workdir W [--config.key=value]`.
+
+VARIANT: "sd3-medium", "sd3.5-large", "sd3.5-medium" (1024^2, the paper's defaults) or "tiny" (a CPU run in
+seconds: the toy-world teacher, batch 4). Values marked (unconfirmed) are not stated in the LADD paper; they are
+the defaults we chose, and options.
+"""
+
+import ml_collections
+
+# variant -> (global batch, teacher blocks used as discriminator features: every `stride`-th block)
+_VARIANTS = {
+    "sd3-medium": dict(batch_size=256, feature_stride=2, dtype="bfloat16", remat_policy="dots_saveable"),
+    "sd3.5-medium": dict(batch_size=256, feature_stride=2, dtype="bfloat16", remat_policy="dots_saveable"),
+    "sd3.5-large": dict(batch_size=256, feature_stride=4, dtype="bfloat16", remat_policy="dots_saveable"),
+    "tiny": dict(batch_size=4, feature_stride=1, dtype="float32", remat_policy="none"),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "tiny"
+    if variant not in _VARIANTS:
+        raise ValueError(f"unknown LADD config variant {variant!r}; choose one of {sorted(_VARIANTS)}")
+    v = _VARIANTS[variant]
+    c = ml_collections.ConfigDict()
+    c.variant = variant
+    c.teacher = ""  # a diffusers-layout SD3 pipeline folder (transformer/, vae/, text encoders, ...)
+    c.data = ""  # a `ladd-jax synth` (or `encode-real`) output folder
+    c.seed = 0
+    c.total_steps = 10_000  # LADD: 10k iterations
+    c.batch_size = v["batch_size"]  # global, over all processes (unconfirmed)
+
+    # Student: initialised from the teacher; `layers` keeps a subset of the teacher's blocks (empty = all).
+    c.student = ml_collections.ConfigDict()
+    c.student.init = "teacher"  # "teacher" or "random"
+    c.student.layers = ()
+    # Student timesteps and their probabilities; the warm-up probabilities hold for the first `warmup_steps`.
+    c.student.timesteps = (1.0, 0.75, 0.5, 0.25)
+    c.student.probs = (0.7, 0.1, 0.1, 0.1)
+    c.student.warmup_probs = (0.0, 0.0, 0.5, 0.5)
+    c.student.warmup_steps = 500
+    c.student.shift = ml_collections.config_dict.placeholder(float)  # apply SD3's shift to them (unconfirmed)
+
+    # Discriminator: heads on the frozen teacher's block features at t_hat ~ logit-normal(m, s).
+    c.disc = ml_collections.ConfigDict()
+    c.disc.feature_layers = ()  # explicit block indices; empty = every `feature_stride`-th block
+    c.disc.feature_stride = v["feature_stride"]
+    c.disc.hidden = 256 if variant != "tiny" else 32
+    c.disc.num_blocks = 2
+    c.disc.cond_dim = 256 if variant != "tiny" else 32
+    c.disc.norm_groups = 32 if variant != "tiny" else 8
+    c.t_hat_mean = 1.0
+    c.t_hat_std = 1.0
+
+    # Objective.
+    c.loss = "hinge"  # or "non_saturating" (hinge: ADD's choice; unconfirmed for LADD)
+    c.d_steps = 1  # D updates per G update
+    c.r1_gamma = 0.0  # ADD uses 1e-5 on the heads' inputs
+    c.misaligned_weight = 0.0  # >0: real latents with another sample's text as extra fakes
+    c.distill_weight = 0.0  # >0: ADD-style distillation loss to the teacher's denoised estimate (ADD: 2.5)
+
+    # Optimisers (AdamW, linear warm-up then constant; unconfirmed).
+    c.g_lr = 1e-5
+    c.d_lr = 1e-5
+    c.b1 = 0.0
+    c.b2 = 0.99
+    c.weight_decay = 0.0
+    c.lr_warmup_steps = 100
+    c.grad_clip = 1.0
+    c.ema_decay = 0.999
+
+    # Computation and sharding.
+    c.dtype = v["dtype"]  # compute dtype of teacher, student and heads; params stay float32
+    c.teacher_dtype = "float32"  # the frozen teacher's params on device (bfloat16 halves its memory)
+    c.remat_policy = v["remat_policy"]
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    # Loop.
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    c.restore_step = ml_collections.config_dict.placeholder(int)  # resume from this step instead of the latest
+    c.sample_every = 1000  # 0: no sample grids
+    c.sample_prompts = ("a photo of a cat", "a red sports car on a mountain road", "an astronaut riding a horse")
+    c.sample_steps = (1, 2, 4)  # student steps shown beside the teacher
+    c.teacher_sample_steps = 28
+    c.teacher_cfg = 7.0
+    c.max_sequence_length = 256  # T5 tokens for the sample prompts
+
+    if variant == "tiny":
+        c.total_steps = 20
+        c.student.warmup_steps = 5
+        c.lr_warmup_steps = 5
+        c.g_lr = c.d_lr = 1e-4
+        c.ema_decay = 0.9
+        c.log_every = 5
+        c.checkpoint_every = 10
+        c.sample_every = 0
+        c.sample_prompts = ("a small red circle", "a large blue square above a small green triangle")
+        c.teacher_sample_steps = 20
+        c.teacher_cfg = 3.0
+        c.max_sequence_length = 16
+    return c

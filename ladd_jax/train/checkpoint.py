@@ -1,0 +1,70 @@
+"""Train checkpoints: orbax CheckpointManager under `workdir/checkpoints`, one step per folder, three items:
+"state" (TrainState: student, EMA, heads, both optimisers, step), "data" (the loader's iterator state, so a
+resumed run sees the batches an uninterrupted one would) and "meta" (the config and the architectures).
+
+Saves are asynchronous (orbax writes in the background and renames a step folder into place only when it is
+complete, so a crash mid-save leaves no half checkpoint); the frozen teacher is never saved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from ladd_jax.errors import LaddError
+
+ITEMS = ("state", "data", "meta")
+
+
+class Checkpointer:
+    def __init__(self, workdir: str | Path, keep: int, async_save: bool = True):
+        self.directory = Path(workdir).absolute() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict, meta: dict, force: bool = False) -> bool:
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)
+        )
+        return self.manager.save(step, args=args, force=force)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """(state placed with the shardings of `abstract_state`, data-iterator state, meta) of `step`."""
+        steps = self.steps()
+        if step not in steps:
+            raise LaddError(f"no checkpoint of step {step} in {self.directory}; present: {steps or 'none'}")
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
+        )
+        try:
+            out = self.manager.restore(step, args=args)
+        except Exception as e:  # orbax raises many types for a damaged folder; all mean the same to the user
+            earlier = [s for s in steps if s < step]
+            hint = (
+                f"resume from the previous one with --config.restore_step={earlier[-1]}, "
+                f"or delete {self.directory / str(step)}"
+                if earlier
+                else f"delete {self.directory / str(step)} to start afresh"
+            )
+            raise LaddError(
+                f"the checkpoint of step {step} in {self.directory} cannot be restored ({type(e).__name__}: "
+                f"{str(e)[:300]}); it is damaged or incomplete: {hint}"
+            ) from e
+        return out["state"], out["data"], out["meta"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the shardings a restore should place the arrays with."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

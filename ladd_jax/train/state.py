@@ -1,0 +1,94 @@
+"""The LADD train state and what it is built from: student, discriminator heads, optimisers, EMA.
+
+The frozen teacher's params are never part of the state: they are a separate argument of the step, never in an
+optimizer, never donated, never checkpointed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ladd_jax.errors import LaddError
+from ladd_jax.models.discriminator import Discriminator, DiscriminatorConfig, default_feature_layers
+from ladd_jax.models.mmdit import MMDiT, MMDiTConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    student: Any
+    ema: Any
+    disc: Any
+    g_opt: Any
+    d_opt: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """Everything static a step needs: the modules and the optimisers (hashable, closed over by jit)."""
+
+    teacher: MMDiT
+    student: MMDiT
+    disc: Discriminator
+    g_tx: optax.GradientTransformation
+    d_tx: optax.GradientTransformation
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        return self.disc.config.feature_layers
+
+
+def optimizer(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW after global-norm clipping, with a linear warm-up to `lr` that then stays constant."""
+    schedule = optax.linear_schedule(0.0, lr, max(int(config.lr_warmup_steps), 1))
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay),
+    )
+
+
+def disc_config(config: ml_collections.ConfigDict, teacher_layers: int) -> DiscriminatorConfig:
+    d = config.disc
+    layers = tuple(d.feature_layers) or default_feature_layers(teacher_layers, d.feature_stride)
+    bad = [i for i in layers if not 0 <= i < teacher_layers]
+    if bad:
+        raise LaddError(f"disc.feature_layers {bad} are not blocks of the {teacher_layers}-block teacher")
+    return DiscriminatorConfig(
+        feature_layers=layers,
+        hidden=d.hidden,
+        num_blocks=d.num_blocks,
+        cond_dim=d.cond_dim,
+        norm_groups=d.norm_groups,
+        dtype=config.dtype,
+    )
+
+
+def make_models(config: ml_collections.ConfigDict, teacher: MMDiTConfig, student: MMDiTConfig) -> Models:
+    compute = dict(dtype=config.dtype, remat_policy=config.remat_policy)
+    return Models(
+        teacher=MMDiT(dataclasses.replace(teacher, **compute)),
+        student=MMDiT(dataclasses.replace(student, **compute)),
+        disc=Discriminator(disc_config(config, teacher.num_layers)),
+        g_tx=optimizer(config.g_lr, config),
+        d_tx=optimizer(config.d_lr, config),
+    )
+
+
+def init_state(models: Models, student_params: Any, disc_params: Any) -> TrainState:
+    """Step 0. Student and EMA are real copies: the state is donated to the step, and the student's initial
+    params may be the very arrays the (never donated) teacher holds."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        student=jax.tree.map(jnp.copy, student_params),
+        ema=jax.tree.map(jnp.copy, student_params),
+        disc=disc_params,
+        g_opt=models.g_tx.init(student_params),
+        d_opt=models.d_tx.init(disc_params),
+    )

@@ -1,0 +1,65 @@
+"""The student's architecture and initial params: the teacher itself, a subset of its blocks, or random."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ladd_jax.errors import LaddError
+from ladd_jax.models.mmdit import MMDiTConfig, init_params
+
+
+def subset_config(teacher: MMDiTConfig, layers: Sequence[int]) -> MMDiTConfig:
+    """The MMDiT made of the teacher's blocks `layers` (in order). The last must be the teacher's last block:
+    only that one is "context pre-only" (no context output), so no other block can take its place."""
+    layers = tuple(int(i) for i in layers)
+    last = teacher.num_layers - 1
+    if not layers or layers[-1] != last or len(set(layers)) != len(layers) or min(layers) < 0 or max(layers) > last:
+        raise LaddError(
+            f"student.layers={layers} must be distinct blocks of the {teacher.num_layers}-block teacher ending with "
+            f"its last block {last} (the only context-pre-only block)"
+        )
+    dual = tuple(j for j, i in enumerate(layers) if i in teacher.dual_attention_layers)
+    return dataclasses.replace(teacher, num_layers=len(layers), dual_attention_layers=dual)
+
+
+def _per_layer(config: MMDiTConfig, params: dict) -> list[Any]:
+    """The stacked block groups split into one param tree per block."""
+    out = []
+    for name, start, stop in config.block_groups():
+        out += [jax.tree.map(lambda a, j=j: a[j], params[name]) for j in range(stop - start)]
+    return out
+
+
+def select_layers(teacher: MMDiTConfig, params: dict, layers: Sequence[int]) -> tuple[MMDiTConfig, dict]:
+    """(student config, params): the teacher's non-block params and its blocks `layers`, restacked."""
+    student = subset_config(teacher, layers)
+    if tuple(layers) == tuple(range(teacher.num_layers)):
+        return student, params
+    blocks = _per_layer(teacher, params)
+    chosen = [blocks[i] for i in layers]
+    out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
+    for name, start, stop in student.block_groups():
+        out[name] = jax.tree.map(lambda *xs: jnp.stack(xs), *chosen[start:stop])
+    return student, out
+
+
+def student_layers(teacher: MMDiTConfig, layers: Sequence[int]) -> tuple[int, ...]:
+    """The teacher blocks the student keeps: `layers`, or all of them when empty."""
+    return tuple(int(i) for i in layers) or tuple(range(teacher.num_layers))
+
+
+def init_student(
+    teacher: MMDiTConfig, teacher_params: dict, layers: Sequence[int], init: str, rng: jax.Array
+) -> tuple[MMDiTConfig, dict]:
+    """The student's config and fp32 host params, per `student.init` ("teacher" or "random")."""
+    if init not in ("teacher", "random"):
+        raise LaddError(f"student.init={init!r}; use 'teacher' or 'random'")
+    config, params = select_layers(teacher, teacher_params, student_layers(teacher, layers))
+    if init == "random":
+        params = jax.device_get(init_params(config, rng))
+    return config, params
