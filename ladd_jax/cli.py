@@ -60,16 +60,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remat", default="none", help="remat policy of the Flax model")
     p.add_argument("--attention", default=None, help="jax.nn.dot_product_attention implementation (xla, cudnn)")
     p.set_defaults(fn=_bench)
+    from ladd_jax.data.encode_real import add_encode_real_parser
+    from ladd_jax.data.records import add_records_parser
+    from ladd_jax.data.synth import add_synth_parser
+    from ladd_jax.eval.command import add_toy_evaluator_parser
     from ladd_jax.sample import add_sample_parser
+    from ladd_jax.toy_components import add_toy_components_parser
+    from ladd_jax.train.main import add_train_parsers
 
     add_sample_parser(sub)
+    add_toy_components_parser(sub)
+    add_synth_parser(sub)
+    add_encode_real_parser(sub)
+    add_records_parser(sub)
+    add_train_parsers(sub)
+    add_toy_evaluator_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_rest", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        args.fn(args)
+        args.fn(args, rest) if getattr(args, "takes_rest", False) else args.fn(args)
     except LaddError as e:
         print(f"ladd-jax {args.command}: error: {e}", file=sys.stderr)
         return 2

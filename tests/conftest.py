@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# One persistent compilation cache for the session and every subprocess it starts: the trainer tests compile
+# the same LADD step in several runs and processes. Set before anything imports jax.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ladd_jax_xla_cache_"))
+
 import numpy as np
 import pytest
 from tokenizer_fixtures import randomize_

@@ -68,3 +68,29 @@ class Checkpointer:
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying the shardings a restore should place the arrays with."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def read_meta(workdir: str | Path, step: int | None = None) -> tuple[int, dict]:
+    """(step, meta item) of `step` (default: the latest) of a training workdir, without touching the state."""
+    directory = Path(workdir).absolute() / "checkpoints"
+    if not directory.is_dir():
+        raise LaddError(f"{workdir} has no checkpoints/ folder; point --workdir at a `ladd-jax train` workdir")
+    manager = ocp.CheckpointManager(directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True))
+    steps = sorted(manager.all_steps())
+    step = steps[-1] if step is None and steps else step
+    if step not in steps:
+        raise LaddError(f"no checkpoint of step {step} in {directory}; present: {steps or 'none'}")
+    return step, manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def restore_params(workdir: str | Path, step: int, name: str, abstract: Any) -> Any:
+    """One param tree of the saved state ("student" or "ema") as host numpy arrays; the rest is not read."""
+    import numpy as np
+
+    manager = ocp.CheckpointManager(
+        Path(workdir).absolute() / "checkpoints", item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True)
+    )
+    item = {name: abstract}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+    return manager.restore(step, args=ocp.args.Composite(state=args))["state"][name]

@@ -1,18 +1,15 @@
-"""The LADD training loop: `train_and_evaluate(config, workdir)`, read top to bottom.
+"""The LADD trainer: `train_and_evaluate(config, workdir)`, read top to bottom.
 
 Set up (mesh, teacher, data, student, heads, state shardings), resume from the workdir if a checkpoint is there,
-compile the step ahead of time (printing per-device memory), then loop: batch -> step -> metrics; log, check for
-NaN/Inf, checkpoint, draw sample grids; SIGTERM saves and stops (preemption).
+compile the step ahead of time (printing per-device memory), then `runner.run_steps`: batch -> step -> metrics;
+log, check for NaN/Inf, checkpoint, draw sample grids; SIGTERM saves and stops (preemption).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
-import math
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -21,20 +18,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from clu import metrics as clu_metrics
-from tqdm.auto import tqdm
 
-from ladd_jax.bench import peak_tflops
 from ladd_jax.convert.mmdit import load_mmdit
 from ladd_jax.data.loader import Loader
 from ladd_jax.errors import LaddError
 from ladd_jax.models.discriminator import init_discriminator
 from ladd_jax.train import sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
+from ladd_jax.train.runner import report_compiled, resume_or_init, run_steps
 from ladd_jax.train.state import Models, init_state, make_models
 from ladd_jax.train.steps import jit_train_step, make_train_step
 from ladd_jax.train.student import init_student, student_layers, subset_config
-from ladd_jax.train.writer import MetricWriter
 
 logger = logging.getLogger(__name__)
 FIELDS = ("latent", "context", "pooled")
@@ -65,7 +59,7 @@ def architecture(models: Models) -> dict:
     )
 
 
-def _require(config: ml_collections.ConfigDict, key: str, what: str) -> Path:
+def require_folder(config: ml_collections.ConfigDict, key: str, what: str) -> Path:
     value = config.get(key)
     if not value:
         raise LaddError(f"config.{key} is empty; pass --config.{key}=DIR ({what})")
@@ -99,7 +93,7 @@ def build(
     `teacher`: (MMDiTConfig, params) instead of loading config.teacher; params given as ShapeDtypeStructs build
     an abstract setup (nothing materialised), which is what the ahead-of-time memory check of large models uses.
     """
-    teacher_cfg, teacher_host = teacher or load_mmdit(_require(config, "teacher", "an SD3 pipeline folder"))
+    teacher_cfg, teacher_host = teacher or load_mmdit(require_folder(config, "teacher", "an SD3 pipeline folder"))
     is_abstract = isinstance(jax.tree.leaves(teacher_host)[0], jax.ShapeDtypeStruct)
     h, w = _check_data(spec, teacher_cfg, config.batch_size, sharding.batch_size_multiple(mesh))
     key = jax.random.key(config.seed)
@@ -151,45 +145,16 @@ def compile_step(setup: Setup, spec: dict) -> Any:
     return step.lower(setup.abstract_state, jax.tree.map(abstract, setup.teacher_params), batch, key).compile()
 
 
-def memory_report(compiled: Any) -> dict[str, float]:
-    """Per-device GiB of the compiled step (XLA's memory analysis; None fields where a backend gives none)."""
-    m = compiled.memory_analysis()
-    if m is None:
-        return {}
-    gib = 2.0**30
-    out = dict(
-        arguments_gib=m.argument_size_in_bytes / gib,
-        outputs_gib=m.output_size_in_bytes / gib,
-        temp_gib=m.temp_size_in_bytes / gib,
-        aliased_gib=m.alias_size_in_bytes / gib,
+def make_loader(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Loader:
+    """The training data (latents and text embeddings), the batch split like the trainers' batch axis."""
+    return Loader(
+        require_folder(config, "data", "a `ladd-jax synth` or `ladd-jax encode-real` output folder"),
+        config.batch_size,
+        mesh,
+        seed=config.seed,
+        fields=FIELDS,
+        batch_axes=tuple(sharding.LOGICAL_RULES["batch"]),
     )
-    out["peak_estimate_gib"] = out["arguments_gib"] + out["outputs_gib"] + out["temp_gib"] - out["aliased_gib"]
-    return out
-
-
-def step_flops(compiled: Any) -> float | None:
-    """FLOPs of one step on one device, by XLA's cost analysis."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"]) if cost and "flops" in cost else None
-
-
-class _Preemption:
-    """SIGTERM (a preempted TPU VM, SLURM's time limit) asks the loop to save and stop at the next step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-
-def _collection(metrics: dict) -> Any:
-    return clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in metrics})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
@@ -197,99 +162,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(**config.mesh)
-    loader = Loader(
-        _require(config, "data", "a `ladd-jax synth` output folder"),
-        config.batch_size,
-        mesh,
-        seed=config.seed,
-        fields=FIELDS,
-        batch_axes=tuple(a for a in sharding.LOGICAL_RULES["batch"]),
-    )
+    loader = make_loader(config, mesh)
     setup, student_host, disc_host = build(config, loader.element_spec, mesh)
     models = setup.models
-    state_sharding = jax.tree.map(lambda x: x.sharding, setup.abstract_state)
     meta = dict(config=config.to_dict(), architecture=architecture(models))
-
     checkpoints = Checkpointer(workdir, config.keep_checkpoints)
-    resume = config.restore_step if config.restore_step is not None else (checkpoints.steps() or [None])[-1]
-    if resume is None:
-        state = jax.jit(functools.partial(init_state, models), out_shardings=state_sharding)(student_host, disc_host)
-    else:
-        state, data_state, saved = checkpoints.restore(resume, setup.abstract_state)
-        if saved["architecture"] != json_roundtrip(meta["architecture"]):
-            raise LaddError(
-                f"the checkpoint of step {resume} in {checkpoints.directory} was made with other architectures than "
-                "this config's; use another --workdir, or the config it was trained with"
-            )
-        loader.set_state(data_state)
-        logger.info("resumed from step %d", resume)
-    del student_host, disc_host
+    state_sharding = jax.tree.map(lambda x: x.sharding, setup.abstract_state)
+    init = lambda: jax.jit(functools.partial(init_state, models), out_shardings=state_sharding)(student_host, disc_host)
+    state = resume_or_init(checkpoints, config.restore_step, setup.abstract_state, init, loader, meta)
 
     start = time.perf_counter()
     compiled = compile_step(setup, loader.element_spec)
-    memory, flops = memory_report(compiled), step_flops(compiled)
-    print(
-        f"compiled the LADD step in {time.perf_counter() - start:.1f} s; per device: "
-        + (", ".join(f"{k} {v:.3f}" for k, v in memory.items()) or "no memory analysis on this backend")
-    )
-    peak = peak_tflops(jax.devices()[0])
-    writer = MetricWriter(workdir)
-    grids = _sample_grids(config, setup) if config.sample_every and jax.process_index() == 0 else None
-    key = jax.random.key(config.seed)
-    preemption = _Preemption()
-    first = int(state.step)
-    pending, last, tick, since = None, {}, time.perf_counter(), 0
-    bar = tqdm(total=config.total_steps, initial=first, desc="LADD", unit="step", disable=jax.process_index() != 0)
-    try:
-        for step in range(first, config.total_steps):
-            state, metrics = compiled(state, setup.teacher_params, next(loader), key)
-            update = _collection(metrics).single_from_model_output(**metrics)
-            pending = update if pending is None else pending.merge(update)
-            done, since = step + 1, since + 1
-            bar.update(1)
-            is_last = done == config.total_steps or preemption.requested
-            if done % config.log_every == 0 or is_last or done % config.checkpoint_every == 0:
-                last = {k: float(v) for k, v in pending.compute().items()}
-                _guard(last, done, checkpoints)
-                seconds = (time.perf_counter() - tick) / since
-                last.update(step_time_s=seconds, img_per_s=config.batch_size / seconds)
-                if flops and peak:
-                    last["mfu"] = flops / seconds / (peak * 1e12)
-                writer.write_scalars(done, last)
-                bar.set_postfix(d=f"{last['d_loss']:.3f}", g=f"{last['g_loss']:.3f}", acc=f"{last['d_acc']:.2f}")
-                pending, tick, since = None, time.perf_counter(), 0
-            if done % config.checkpoint_every == 0 or is_last:
-                checkpoints.save(done, state, loader.get_state(), meta, force=True)
-            if grids is not None and (done % config.sample_every == 0 or is_last):
-                writer.write_image(done, "samples", grids.save(state.ema, workdir / "samples" / f"{done:07d}.png"))
-            if preemption.requested:
-                print(f"SIGTERM: saved step {done} in {checkpoints.directory}; rerun the same command to resume")
-                break
-    finally:
-        bar.close()
-        preemption.restore()
-        checkpoints.wait()
-        checkpoints.close()
-        writer.close()
-        loader.close()
-    return last
-
-
-def json_roundtrip(x: Any) -> Any:
-    """What a JSON save and restore makes of `x` (tuples become lists), to compare with a restored item."""
-    return json.loads(json.dumps(x))
-
-
-def _guard(metrics: dict[str, float], step: int, checkpoints: Checkpointer) -> None:
-    """Stops on a non-finite metric before anything is saved, naming the last good checkpoint."""
-    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
-    if bad:
-        steps = checkpoints.steps()
-        where = f"the last good checkpoint is step {steps[-1]} in {checkpoints.directory}" if steps else "none saved"
-        raise LaddError(
-            f"non-finite {bad} by step {step}; training stopped and nothing was saved after it ({where}). Lower "
-            "g_lr/d_lr, raise grad_clip's strictness, or use float32 (config.dtype) to find the cause"
-        )
+    report_compiled("LADD", compiled, time.perf_counter() - start)
+    samples = None
+    if config.sample_every and jax.process_index() == 0:
+        grids = _sample_grids(config, setup)
+        samples = lambda state, path: grids.save(state.ema, path)
+    return run_steps(
+        "LADD",
+        config,
+        workdir,
+        compiled,
+        state,
+        (setup.teacher_params,),
+        loader,
+        checkpoints,
+        meta,
+        dict(d="d_loss", g="g_loss", acc="d_acc"),
+        samples,
+    )[1]
 
 
 def _sample_grids(config: ml_collections.ConfigDict, setup: Setup) -> Any:

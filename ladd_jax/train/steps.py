@@ -137,8 +137,8 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         metrics = dict(
             d_loss=d_total,
             g_total=g_total,
-            d_grad_norm=optax.global_norm(d_grads),
-            g_grad_norm=optax.global_norm(g_grads),
+            d_grad_norm=optax.tree.norm(d_grads),
+            g_grad_norm=optax.tree.norm(g_grads),
             student_t=jnp.mean(t),
             t_hat=jnp.mean(t_hat),
             **d_aux,

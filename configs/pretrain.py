@@ -1,0 +1,57 @@
+"""Rectified-flow pretraining of an MMDiT (the toy world's teacher): `ladd-jax pretrain --config
+configs/pretrain.py:toy --workdir W --config.model=FOLDER --config.data=RECORDS [--config.out=DIR]`.
+
+`model`: an SD3 pipeline folder whose transformer is trained (from its current weights) and whose text encoders
+give the empty-prompt embeddings that text dropout substitutes; `data`: `ladd-jax encode-real` records (VAE
+latents of real images with their captions' embeddings); `out`: the pipeline folder written at the end, the
+trained EMA transformer in place of the folder's.
+"""
+
+import ml_collections
+
+_VARIANTS = {
+    "toy": dict(batch_size=64, total_steps=6000, lr=3e-4, lr_warmup_steps=200),
+    "tiny": dict(batch_size=4, total_steps=4, lr=1e-3, lr_warmup_steps=1),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "toy"
+    if variant not in _VARIANTS:
+        raise ValueError(f"unknown pretrain variant {variant!r}; choose one of {sorted(_VARIANTS)}")
+    v = _VARIANTS[variant]
+    c = ml_collections.ConfigDict()
+    c.variant = variant
+    c.model = ""
+    c.data = ""
+    c.out = ""
+    c.seed = 0
+    c.total_steps = v["total_steps"]
+    c.batch_size = v["batch_size"]
+    # SD3's objective: velocity v = eps - x0 at t ~ logit-normal(0, 1), text dropped to the empty prompt's
+    # embeddings (SD3 drops each encoder independently with ~46%; one joint dropout suffices for CFG here).
+    c.t_mean = 0.0
+    c.t_std = 1.0
+    c.text_dropout = 0.1
+    c.lr = v["lr"]
+    c.lr_warmup_steps = v["lr_warmup_steps"]
+    c.b1 = 0.9
+    c.b2 = 0.999
+    c.weight_decay = 0.0
+    c.grad_clip = 1.0
+    c.ema_decay = 0.999
+    c.dtype = "float32"
+    c.remat_policy = "none"
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 2
+    c.restore_step = ml_collections.config_dict.placeholder(int)
+    c.sample_every = 2000
+    c.sample_prompts = ("a small red circle", "a large blue square above a small green triangle")
+    c.sample_steps = 20
+    c.sample_cfg = 3.0
+    c.max_sequence_length = 16
+    if variant == "tiny":
+        c.log_every, c.checkpoint_every, c.sample_every = 1, 2, 0
+    return c

@@ -1,0 +1,171 @@
+"""The step loop shared by every trainer (LADD distillation, rectified-flow pretraining): resume or initialise,
+then batch -> compiled step -> clu metrics; log, stop on NaN/Inf, checkpoint, draw samples; SIGTERM saves and
+stops (preemption). The trainers differ only in their state, their step and what they log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from clu import metrics as clu_metrics
+from tqdm.auto import tqdm
+
+from ladd_jax.bench import peak_tflops
+from ladd_jax.data.loader import Loader
+from ladd_jax.errors import LaddError
+from ladd_jax.train.checkpoint import Checkpointer
+from ladd_jax.train.writer import MetricWriter
+
+logger = logging.getLogger(__name__)
+
+
+class Preemption:
+    """SIGTERM (a preempted TPU VM, SLURM's time limit) asks the loop to save and stop at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def json_roundtrip(x: Any) -> Any:
+    """What a JSON save and restore makes of `x` (tuples become lists), to compare with a restored item."""
+    return json.loads(json.dumps(x))
+
+
+def resume_or_init(
+    checkpoints: Checkpointer,
+    restore_step: int | None,
+    abstract_state: Any,
+    init: Callable[[], Any],
+    loader: Loader,
+    meta: dict,
+) -> Any:
+    """The state of `restore_step` (default: the latest checkpoint; the loader resumes with it), or `init()`."""
+    step = restore_step if restore_step is not None else (checkpoints.steps() or [None])[-1]
+    if step is None:
+        return init()
+    state, data_state, saved = checkpoints.restore(step, abstract_state)
+    if saved.get("architecture") != json_roundtrip(meta["architecture"]):
+        raise LaddError(
+            f"the checkpoint of step {step} in {checkpoints.directory} was made with other architectures than this "
+            "config's; use another --workdir, or the config it was trained with"
+        )
+    loader.set_state(data_state)
+    logger.info("resumed from step %d", step)
+    return state
+
+
+def memory_report(compiled: Any) -> dict[str, float]:
+    """Per-device GiB of a compiled step (XLA's memory analysis; empty where a backend gives none)."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    gib = 2.0**30
+    out = dict(
+        arguments_gib=m.argument_size_in_bytes / gib,
+        outputs_gib=m.output_size_in_bytes / gib,
+        temp_gib=m.temp_size_in_bytes / gib,
+        aliased_gib=m.alias_size_in_bytes / gib,
+    )
+    out["peak_estimate_gib"] = out["arguments_gib"] + out["outputs_gib"] + out["temp_gib"] - out["aliased_gib"]
+    return out
+
+
+def step_flops(compiled: Any) -> float | None:
+    """FLOPs of one step on one device, by XLA's cost analysis."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def report_compiled(name: str, compiled: Any, seconds: float) -> None:
+    memory = memory_report(compiled)
+    detail = ", ".join(f"{k} {v:.3f}" for k, v in memory.items()) or "no memory analysis on this backend"
+    print(f"compiled the {name} step in {seconds:.1f} s; per device: {detail}")
+
+
+def _guard(metrics: dict[str, float], step: int, checkpoints: Checkpointer) -> None:
+    """Stops on a non-finite metric before anything is saved, naming the last good checkpoint."""
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        steps = checkpoints.steps()
+        where = f"the last good checkpoint is step {steps[-1]} in {checkpoints.directory}" if steps else "none saved"
+        raise LaddError(
+            f"non-finite {bad} by step {step}; training stopped and nothing was saved after it ({where}). Lower "
+            "the learning rates, clip gradients harder, or use float32 (config.dtype) to find the cause"
+        )
+
+
+def run_steps(
+    name: str,
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    compiled: Any,
+    state: Any,
+    constants: tuple,
+    loader: Loader,
+    checkpoints: Checkpointer,
+    meta: dict,
+    postfix: dict[str, str],
+    samples: Callable[[Any, Path], Any] | None = None,
+) -> tuple[Any, dict[str, float]]:
+    """Steps `state` to config.total_steps with `compiled(state, *constants, batch, key)`; returns the final state
+    and the last logged metrics. `postfix`: progress-bar label -> metric; `samples(state, png_path) -> image` runs
+    every sample_every steps."""
+    start = time.perf_counter()
+    flops, peak = step_flops(compiled), peak_tflops(jax.devices()[0])
+    writer = MetricWriter(workdir)
+    key = jax.random.key(config.seed)
+    preemption = Preemption()
+    first = int(state.step)
+    pending, last, tick, since = None, {}, start, 0
+    bar = tqdm(total=config.total_steps, initial=first, desc=name, unit="step", disable=jax.process_index() != 0)
+    try:
+        for step in range(first, config.total_steps):
+            state, metrics = compiled(state, *constants, next(loader), key)
+            collection = clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in metrics})
+            update = collection.single_from_model_output(**metrics)
+            pending = update if pending is None else pending.merge(update)
+            done, since = step + 1, since + 1
+            bar.update(1)
+            is_last = done == config.total_steps or preemption.requested
+            save = done % config.checkpoint_every == 0 or is_last
+            if done % config.log_every == 0 or save:
+                last = {k: float(v) for k, v in pending.compute().items()}
+                _guard(last, done, checkpoints)
+                seconds = (time.perf_counter() - tick) / since
+                last.update(step_time_s=seconds, img_per_s=config.batch_size / seconds)
+                if flops and peak:
+                    last["mfu"] = flops / seconds / (peak * 1e12)
+                writer.write_scalars(done, last)
+                bar.set_postfix({label: f"{last[k]:.3f}" for label, k in postfix.items()})
+                pending, tick, since = None, time.perf_counter(), 0
+            if save:
+                checkpoints.save(done, state, loader.get_state(), meta, force=True)
+            if samples is not None and config.sample_every and (done % config.sample_every == 0 or is_last):
+                writer.write_image(done, "samples", samples(state, workdir / "samples" / f"{done:07d}.png"))
+            if preemption.requested:
+                print(f"SIGTERM: saved step {done} in {checkpoints.directory}; rerun the same command to resume")
+                break
+    finally:
+        bar.close()
+        preemption.restore()
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
+        loader.close()
+    return state, last

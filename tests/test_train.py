@@ -1,0 +1,225 @@
+"""The LADD trainer on a tiny random SD3 teacher and its synthetic data: resume, preemption, damaged checkpoints,
+the NaN guard, 1 device vs a simulated 8-device mesh, two processes, and export to diffusers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from tokenizer_fixtures import write_tiny_sd3_folder
+
+from ladd_jax.data.loader import Loader
+from ladd_jax.errors import LaddError
+from ladd_jax.models.mmdit import abstract_params
+from ladd_jax.train import sharding
+from ladd_jax.train.checkpoint import read_meta, restore_params
+from ladd_jax.train.export import student_config
+from ladd_jax.train.loop import train_and_evaluate
+from ladd_jax.train.writer import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "configs"))
+import ladd  # noqa: E402  (configs/ is not a package)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random teacher folder and 16 synthetic records it generated (2 Euler steps, CFG 2)."""
+    from ladd_jax.data.synth import run_synth
+
+    root = tmp_path_factory.mktemp("ladd")
+    teacher = write_tiny_sd3_folder(root / "teacher")
+    prompts = root / "prompts.txt"
+    prompts.write_text("\n".join(f"a photo of thing {i}" for i in range(16)))
+    run_synth(
+        model=str(teacher),
+        prompts=str(prompts),
+        out=str(root / "data"),
+        num_steps=2,
+        cfg=2.0,
+        height=64,
+        width=64,
+        max_sequence_length=8,
+        batch_size=8,
+    )
+    return dict(teacher=teacher, data=root / "data")
+
+
+def tiny_config(world: dict, **overrides):
+    c = ladd.get_config("tiny")
+    c.teacher, c.data = str(world["teacher"]), str(world["data"])
+    c.total_steps, c.checkpoint_every, c.log_every = 4, 2, 1
+    c.disc.hidden, c.disc.cond_dim, c.disc.norm_groups = 16, 16, 4
+    for k, v in overrides.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def saved_params(workdir: Path, step: int, name: str = "student") -> dict:
+    _, meta = read_meta(workdir, step)
+    return restore_params(workdir, step, name, abstract_params(student_config(meta)))
+
+
+def assert_trees_equal(a, b, atol: float = 0.0) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def straight(world, tmp_path_factory) -> Path:
+    """An uninterrupted 4-step run (checkpoints at 2 and 4)."""
+    workdir = tmp_path_factory.mktemp("straight")
+    train_and_evaluate(tiny_config(world), workdir)
+    return workdir
+
+
+def test_run_logs_checkpoints_and_learns_something(straight):
+    rows = read_metrics(straight)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in (
+        "d_loss_real",
+        "d_loss_fake",
+        "d_acc",
+        "g_loss",
+        "logits_real",
+        "logits_fake",
+        "g_grad_norm",
+        "d_grad_norm",
+        "step_time_s",
+        "img_per_s",
+    ):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert rows[-1]["d_grad_norm"] > 0 and rows[-1]["g_grad_norm"] > 0
+    assert list((straight / "tb").iterdir()), "no TensorBoard event file"
+    # The student moved away from the teacher it started as; its EMA (decay 0.9) moved less.
+    from ladd_jax.convert.mmdit import load_mmdit
+
+    _, teacher = load_mmdit(Path(read_meta(straight)[1]["config"]["teacher"]))
+
+    def distance(params) -> float:
+        pairs = zip(jax.tree.leaves(params), jax.tree.leaves(teacher), strict=True)
+        return float(np.sqrt(sum(np.sum((np.asarray(a) - np.asarray(b)) ** 2) for a, b in pairs)))
+
+    student, ema = saved_params(straight, 4), saved_params(straight, 4, "ema")
+    assert 0 < distance(ema) < distance(student)
+    state_dir = straight / "checkpoints" / "4" / "state"
+    assert "teacher" not in json.dumps([p.name for p in state_dir.rglob("*")])
+
+
+def test_stopped_and_resumed_equals_uninterrupted(world, straight, tmp_path):
+    train_and_evaluate(tiny_config(world, total_steps=2), tmp_path)  # stops after the step-2 checkpoint
+    train_and_evaluate(tiny_config(world), tmp_path)  # resumes, data iterator included
+    assert_trees_equal(saved_params(tmp_path, 4), saved_params(straight, 4))
+    assert_trees_equal(saved_params(tmp_path, 4, "ema"), saved_params(straight, 4, "ema"))
+    losses = lambda w: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(w)]
+    assert losses(tmp_path) == losses(straight)
+
+
+def test_sigterm_saves_then_resume_continues(world, straight, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = Loader.__next__
+
+    def next_then_preempt(self):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the preemption notice arrives during step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(Loader, "__next__", next_then_preempt)
+    train_and_evaluate(tiny_config(world, checkpoint_every=100), tmp_path)
+    assert read_meta(tmp_path)[0] == 3, "SIGTERM must save the step it stopped at"
+    monkeypatch.setattr(Loader, "__next__", original)
+    train_and_evaluate(tiny_config(world, checkpoint_every=100), tmp_path)
+    assert_trees_equal(saved_params(tmp_path, 4), saved_params(straight, 4))
+
+
+def test_damaged_latest_checkpoint_names_it_and_previous_restores(world, straight, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(straight, workdir)
+    for f in (workdir / "checkpoints" / "4" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\0garbage")
+    with pytest.raises(LaddError, match=r"step 4.*restore_step=2"):
+        train_and_evaluate(tiny_config(world), workdir)
+    # The previous checkpoint still restores, and continuing from it reproduces step 4.
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    train_and_evaluate(tiny_config(world), workdir)
+    assert_trees_equal(saved_params(workdir, 4), saved_params(straight, 4))
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(world, tmp_path):
+    train_and_evaluate(tiny_config(world, total_steps=2), tmp_path)
+    with pytest.raises(LaddError, match=r"non-finite.*last good checkpoint is step 2"):
+        train_and_evaluate(tiny_config(world, g_lr=float("inf")), tmp_path)
+    assert read_meta(tmp_path)[0] == 2
+
+
+def test_bad_config_errors(world, tmp_path):
+    with pytest.raises(LaddError, match="config.teacher"):
+        train_and_evaluate(tiny_config(world, teacher=""), tmp_path)
+    with pytest.raises(LaddError, match="student.layers"):
+        train_and_evaluate(tiny_config(world, **{"student.layers": (0,)}), tmp_path)  # must end with the last block
+    with pytest.raises(LaddError, match="needs 3 devices"):
+        sharding.make_mesh(data=3)
+
+
+def test_logical_sharding_rules():
+    assert sharding.logical_axes("blocks_0_4/attn/to_q/kernel", 3) == ("layers", "embed", "heads")
+    assert sharding.logical_axes("blocks_0_4/ff/proj_out/kernel", 3) == ("layers", "mlp", "embed")
+    assert sharding.logical_axes("patch_embed/kernel", 4) == (None, None, "embed_in", "embed")
+    assert sharding.logical_axes("blocks_0_4/attn/norm_q/scale", 2) == ("layers", None)
+
+
+MESH_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.path.insert(0, {configs!r}); sys.path.insert(0, {tests!r})
+    import jax
+    from test_train import tiny_config
+    from ladd_jax.train.loop import train_and_evaluate
+    world = dict(teacher={teacher!r}, data={data!r})
+    config = tiny_config(world, total_steps=2, batch_size=8, **{{"mesh.data": {data_axis}, "mesh.fsdp": {fsdp}}})
+    assert len(jax.devices()) == {devices}, jax.devices()
+    train_and_evaluate(config, {workdir!r})
+    """
+)
+
+
+def run_mesh(world: dict, workdir: Path, devices: int, data_axis: int, fsdp: int) -> None:
+    script = MESH_SCRIPT.format(
+        configs=str(ROOT / "configs"),
+        tests=str(ROOT / "tests"),
+        teacher=str(world["teacher"]),
+        data=str(world["data"]),
+        data_axis=data_axis,
+        fsdp=fsdp,
+        devices=devices,
+        workdir=str(workdir),
+    )
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_eight_device_mesh_matches_one_device(world, tmp_path):
+    run_mesh(world, tmp_path / "one", devices=1, data_axis=1, fsdp=1)
+    run_mesh(world, tmp_path / "eight", devices=8, data_axis=2, fsdp=4)
+    one, eight = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "eight")
+    for a, b in zip(one, eight, strict=True):
+        for k in ("d_loss", "g_loss", "d_acc", "logits_real", "logits_fake"):
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert_trees_equal(saved_params(tmp_path / "eight", 2), saved_params(tmp_path / "one", 2), atol=1e-5)
