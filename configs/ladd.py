@@ -1,7 +1,7 @@
 """LADD distillation configs: `ladd-jax train --config configs/ladd.py:VARIANT --workdir W [--config.key=value]`.
 
-VARIANT: "sd3-medium", "sd3.5-large", "sd3.5-medium" (1024^2, the paper's defaults) or "tiny" (a CPU run in
-seconds: the toy-world teacher, batch 4). Values marked (unconfirmed) are not stated in the LADD paper; they are
+VARIANT: "sd3-medium", "sd3.5-large", "sd3.5-medium" (1024^2, the paper's defaults), "tiny" (a CPU run in
+seconds, batch 4: tests) or "toy" (the toy world's distillation that `ladd-jax demo` runs on a CPU in minutes). Values marked (unconfirmed) are not stated in the LADD paper; they are
 the defaults we chose, and options.
 """
 
@@ -13,6 +13,7 @@ _VARIANTS = {
     "sd3.5-medium": dict(batch_size=256, feature_stride=2, dtype="bfloat16", remat_policy="dots_saveable"),
     "sd3.5-large": dict(batch_size=256, feature_stride=4, dtype="bfloat16", remat_policy="dots_saveable"),
     "tiny": dict(batch_size=4, feature_stride=1, dtype="float32", remat_policy="none"),
+    "toy": dict(batch_size=16, feature_stride=1, dtype="float32", remat_policy="none"),
 }
 
 
@@ -44,10 +45,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.disc = ml_collections.ConfigDict()
     c.disc.feature_layers = ()  # explicit block indices; empty = every `feature_stride`-th block
     c.disc.feature_stride = v["feature_stride"]
-    c.disc.hidden = 256 if variant != "tiny" else 32
+    small = variant in ("tiny", "toy")
+    c.disc.hidden = 64 if small else 256
     c.disc.num_blocks = 2
-    c.disc.cond_dim = 256 if variant != "tiny" else 32
-    c.disc.norm_groups = 32 if variant != "tiny" else 8
+    c.disc.cond_dim = 64 if small else 256
+    c.disc.norm_groups = 8 if small else 32
     c.t_hat_mean = 1.0
     c.t_hat_std = 1.0
 
@@ -98,5 +100,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.sample_prompts = ("a small red circle", "a large blue square above a small green triangle")
         c.teacher_sample_steps = 20
         c.teacher_cfg = 3.0
+        c.max_sequence_length = 16
+    if variant == "toy":  # a 4-block, 64x64 (16x16 latent) teacher distilled in a few CPU minutes
+        c.total_steps = 150
+        c.student.warmup_steps = 20
+        c.lr_warmup_steps = 10
+        c.g_lr, c.d_lr = 1e-4, 1e-4
+        c.ema_decay = 0.95
+        c.log_every = 5
+        c.checkpoint_every = 50
+        c.sample_every = 0  # the demo draws its own grids
         c.max_sequence_length = 16
     return c

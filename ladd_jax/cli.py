@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ladd_jax.data.encode_real import add_encode_real_parser
     from ladd_jax.data.records import add_records_parser
     from ladd_jax.data.synth import add_synth_parser
+    from ladd_jax.demo import add_demo_parser
     from ladd_jax.eval.command import add_toy_evaluator_parser
     from ladd_jax.sample import add_sample_parser
     from ladd_jax.toy_components import add_toy_components_parser
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_encode_real_parser(sub)
     add_records_parser(sub)
     add_train_parsers(sub)
+    add_demo_parser(sub)
     add_toy_evaluator_parser(sub)
     return parser
 

@@ -1,21 +1,20 @@
 """Tiny local tokenizers and a tiny random SD3 pipeline folder, written without any download.
 
-`write_clip_tokenizer` writes a byte-level BPE folder laid out like openai/clip-vit-large-patch14's (256 byte
-symbols, the same 256 with "</w>", learnt merges, then <|startoftext|> and <|endoftext|> as the last two ids);
-`write_t5_tokenizer` trains a Unigram model with the `tokenizers` library (<pad> 0, </s> 1, <unk> 2) and saves
-it through transformers' T5TokenizerFast; `write_tiny_sd3_folder` builds a whole StableDiffusion3Pipeline with
-every weight random and saves it with `save_pretrained`.
+The tokenizers come from `ladd_jax.tokenizer_files` (a CLIP BPE and a T5 Unigram vocabulary built from CORPUS);
+`write_tiny_sd3_folder` builds a whole StableDiffusion3Pipeline with every weight random and saves it with
+`save_pretrained`.
 """
 
 from __future__ import annotations
 
-import collections
-import json
 import math
 from pathlib import Path
 
+from ladd_jax.tokenizer_files import write_clip_tokenizer, write_t5_tokenizer
+
 CLIP_MAX_LENGTH = 77  # SD3's CLIP tokenizers truncate and pad to 77 tokens
 T5_MAX_LENGTH = 512
+NUM_MERGES = 60  # a partial BPE: longer corpus words stay split into subwords, as in a real vocabulary
 
 CORPUS = (
     "a photo of a cat sitting on the red sofa",
@@ -27,101 +26,6 @@ CORPUS = (
     "a city street at night with neon signs and rain",
     "two birds on a branch, watercolor",
 )
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character map (the ByteLevel pre-tokenizer's alphabet)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars, extra = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(keep, (chr(c) for c in chars), strict=True))
-
-
-def _learn_merges(words: list[str], num_merges: int) -> list[tuple[str, str]]:
-    """Plain BPE over words whose last symbol carries "</w>"; ties broken by the pair itself (deterministic)."""
-    counts = collections.Counter(words)
-    split = {w: [*w[:-1], w[-1] + "</w>"] for w in counts}
-    merges = []
-    for _ in range(num_merges):
-        pairs = collections.Counter()
-        for w, symbols in split.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
-                pairs[pair] += counts[w]
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        for w, symbols in split.items():
-            out, i = [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    out.append(symbols[i] + symbols[i + 1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            split[w] = out
-    return merges
-
-
-def write_clip_tokenizer(
-    folder: str | Path, num_merges: int = 60, pad_token: str = "<|endoftext|>", max_length: int = CLIP_MAX_LENGTH
-) -> int:
-    """A CLIPTokenizer folder (vocab.json, merges.txt, and what transformers' save_pretrained adds).
-
-    `pad_token` "!" gives SD3's tokenizer_2 (OpenCLIP bigG pads with "!", id 0). Returns the vocabulary size.
-    """
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    alphabet = list(_bytes_to_unicode().values())
-    words = [w for line in CORPUS for w in line.replace(",", " ,").split()]
-    merges = _learn_merges(words, num_merges)
-    vocab_list = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    merges_txt = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
-    (folder / "merges.txt").write_text(merges_txt, encoding="utf-8")
-    tok = CLIPTokenizer(
-        vocab=str(folder / "vocab.json"),
-        merges=str(folder / "merges.txt"),
-        pad_token=pad_token,
-        model_max_length=max_length,
-    )
-    tok.save_pretrained(folder)
-    return len(vocab)
-
-
-def write_t5_tokenizer(folder: str | Path, vocab_size: int = 160, max_length: int = T5_MAX_LENGTH) -> int:
-    """A T5TokenizerFast folder (tokenizer.json + tokenizer_config.json) from a Unigram model trained here.
-
-    Returns the vocabulary size (for the model's embedding table, which may be larger)."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
-    from tokenizers.models import Unigram
-    from transformers import T5TokenizerFast
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    trained = Tokenizer(Unigram())
-    trained.normalizer = normalizers.NFKC()
-    trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
-    )
-    trained.train_from_iterator(list(CORPUS) * 4, trainer=trainer)
-    pieces = json.loads(trained.to_str())["model"]["vocab"]
-    if [p for p, _ in pieces[:3]] != ["<pad>", "</s>", "<unk>"]:
-        raise AssertionError(f"unexpected special tokens {pieces[:3]}")
-    # T5's layout: pad 0, eos 1, unk 2; extra_ids=0 leaves out the 100 sentinel tokens SD3 never uses.
-    tok = T5TokenizerFast(vocab=[(p, float(s)) for p, s in pieces], extra_ids=0, model_max_length=max_length)
-    tok.save_pretrained(folder)
-    return len(tok)
 
 
 def randomize_(module, seed: int) -> None:
@@ -156,8 +60,8 @@ def tiny_sd3_components(folder: str | Path, seed: int = 0, with_t5: bool = True)
 
     folder = Path(folder)
     tmp = folder / "_tokenizers"
-    clip_vocab = write_clip_tokenizer(tmp / "clip_l")
-    write_clip_tokenizer(tmp / "clip_g", pad_token="!")
+    clip_vocab = write_clip_tokenizer(tmp / "clip_l", CORPUS, NUM_MERGES, max_length=CLIP_MAX_LENGTH)
+    write_clip_tokenizer(tmp / "clip_g", CORPUS, NUM_MERGES, pad_token="!", max_length=CLIP_MAX_LENGTH)
     t5_dim = 96
     torch.manual_seed(seed)
 
@@ -213,7 +117,7 @@ def tiny_sd3_components(folder: str | Path, seed: int = 0, with_t5: bool = True)
     randomize_(vae, seed + 4)
     t5 = t5_tok = None
     if with_t5:
-        t5_vocab = write_t5_tokenizer(tmp / "t5")
+        t5_vocab = write_t5_tokenizer(tmp / "t5", CORPUS, max_length=T5_MAX_LENGTH)
         t5 = T5EncoderModel(
             T5Config(
                 vocab_size=t5_vocab + 8,  # like T5's 32128 embedding rows for 32100 tokens

@@ -62,6 +62,13 @@ def _random_batches(images: np.ndarray, batch: int, seed: int) -> Iterator[np.nd
         pos += batch
 
 
+def _random_crops(images: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A size x size window of each image, at independent uniform positions."""
+    n, h, w, _ = images.shape
+    ys, xs = rng.integers(0, h - size + 1, n), rng.integers(0, w - size + 1, n)
+    return np.stack([im[y : y + size, x : x + size] for im, y, x in zip(images, ys, xs, strict=True)])
+
+
 def vae_loss(
     params: dict, config: VAEConfig, images: jax.Array, rng: jax.Array, kl_weight: float, loss: str = "l2"
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -98,25 +105,31 @@ def train_vae(
     seed: int = 0,
     progress: bool = True,
     loss: str = "l2",
+    crop: int | None = None,
     init_params: dict | None = None,
 ) -> dict:
     """Trains an `AutoencoderKL(config)` and returns its params; the progress bar shows the loss.
 
     `images`: uint8 NHWC, either one array (shuffled batches of `batch` are drawn from it, epoch by epoch) or
-    an iterable of batches. `init_params` continues from given params instead of a fresh flax init."""
+    an iterable of batches. `crop`: train on random crop x crop windows (a multiple of the downscale factor),
+    which costs (crop / side)^2 of a full image; the convolutions see the same local statistics, so this suits
+    VAEs without mid-block attention, whose receptive field is local anyway. `init_params` continues from given
+    params instead of a fresh flax init."""
     if steps < 1 or batch < 1:
         raise LaddError(f"steps and batch must be at least 1, got steps={steps}, batch={batch}")
     if loss not in RECONSTRUCTION_LOSSES:
         raise LaddError(f"unknown reconstruction loss {loss!r}; choose one of {sorted(RECONSTRUCTION_LOSSES)}")
     if kl_weight < 0 or lr <= 0:
         raise LaddError(f"need lr > 0 and kl_weight >= 0, got lr={lr}, kl_weight={kl_weight}")
+    if crop is not None and (crop < 1 or crop % config.downscale):
+        raise LaddError(f"crop must be a positive multiple of the VAE's downscale {config.downscale}, got {crop}")
     if isinstance(images, np.ndarray):
         _check_images(images, config)
         batches: Iterator[np.ndarray] = _random_batches(images, batch, seed)
     else:
         batches = iter(images)
 
-    key = jax.random.key(seed)
+    key, crop_rng = jax.random.key(seed), np.random.default_rng([seed, 1])
     if init_params is None:
         params = init_vae(config, jax.random.fold_in(key, 0))
     else:
@@ -137,6 +150,10 @@ def train_vae(
         except StopIteration:
             raise LaddError(f"the image iterator ran out after {step} of {steps} steps; give more batches") from None
         _check_images(x, config, "a batch of images")
+        if crop is not None:
+            if crop > min(x.shape[1:3]):
+                raise LaddError(f"crop {crop} is larger than the {x.shape[1]}x{x.shape[2]} images")
+            x = _random_crops(x, crop, crop_rng)
         params, opt_state, metrics = train_step(params, opt_state, to_model_range(x), jax.random.fold_in(key, step + 1))
         if progress and (step % POSTFIX_EVERY == 0 or step == steps - 1):
             bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", kl=f"{float(metrics['kl']):.2f}")

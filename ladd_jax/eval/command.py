@@ -1,0 +1,40 @@
+"""`ladd-jax toy-evaluator`: trains the toy world's evaluator (what `launch/toy_evaluator.sh` ships)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ladd_jax.errors import LaddError
+
+
+def add_toy_evaluator_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Registers the `toy-evaluator` subcommand (jax and flax load only when it runs)."""
+    p = subparsers.add_parser("toy-evaluator", help="train the toy world's evaluator (alignment and FD features)")
+    p.add_argument("--out", required=True, help="the folder to write (shipped: ladd_jax/toy_assets/evaluator)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: TrainConfig's)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig's")
+    p.add_argument("--pool-size", type=int, default=None, help="rendered training images (default: TrainConfig's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.set_defaults(fn=run_toy_evaluator)
+
+
+def run_toy_evaluator(args: argparse.Namespace) -> None:
+    import dataclasses
+    from pathlib import Path
+
+    from ladd_jax.atomic import check_writable_destination
+    from ladd_jax.data.toy import ToyWorld
+    from ladd_jax.eval.evaluator import TrainConfig, train_evaluator
+
+    options = {name: getattr(args, name) for name in ("steps", "batch_size", "pool_size")}
+    given = {name: value for name, value in options.items() if value is not None}
+    for name, value in given.items():
+        if value < 1:
+            raise LaddError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    check_writable_destination(Path(args.out), args.overwrite)  # before minutes of training
+    train = dataclasses.replace(TrainConfig(seed=args.seed), **given)
+    report = train_evaluator(ToyWorld(), args.out, train, overwrite=args.overwrite)
+    for split, acc in report["accuracy"].items():
+        print(f"{split}-split renders: " + ", ".join(f"{k} {v:.2%}" for k, v in acc.items()))
+    print(f"wrote {args.out} ({report['num_params']:,} params, trained in {report['train_seconds']:.0f} s)")

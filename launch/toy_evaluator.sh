@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Trains the toy world's evaluator (prompt alignment and FD features) and writes the copy that ships with the
+# project, ladd_jax/toy_assets/evaluator/. A few minutes on 2 CPU cores; deterministic for a given machine.
+#
+#   launch/toy_evaluator.sh                 # replaces the shipped evaluator
+#   OUT=/tmp/evaluator launch/toy_evaluator.sh --steps 500
+#
+# Extra arguments go to `ladd-jax toy-evaluator` (--steps, --batch-size, --pool-size, --seed).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUT="${OUT:-ladd_jax/toy_assets/evaluator}"
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"  # the shipped numbers are CPU numbers
+exec ladd-jax toy-evaluator --out "${OUT}" --overwrite "$@"

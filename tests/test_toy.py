@@ -1,0 +1,183 @@
+"""The toy world: dataset determinism and splits, the caption grammar, the shipped evaluator and its metrics."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ladd_jax.cli import main
+from ladd_jax.data.toy import (
+    Obj,
+    Scene,
+    ToyWorld,
+    is_held_out,
+    parse_caption,
+    render,
+    render_dataset,
+    sample_scenes,
+    write_image_folder,
+    write_prompts,
+)
+from ladd_jax.errors import LaddError
+
+WORLD = ToyWorld()
+CHECK_IMAGES = 512  # per set in the evaluator and metric tests: enough for stable 128-dim feature statistics
+
+
+def all_scenes(world):
+    objects = [Obj(shape, color, size) for shape in world.shapes for color in world.colors for size in world.sizes]
+    singles = [Scene((o,)) for o in objects]
+    pairs = [Scene(pair, rel) for pair in itertools.product(objects, repeat=2) for rel in world.relations]
+    return singles + pairs
+
+
+def test_same_seed_same_bytes_other_seed_differs():
+    images, captions, scenes = render_dataset(WORLD, "train", 24, seed=3)
+    again, captions_again, _ = render_dataset(WORLD, "train", 24, seed=3)
+    assert images.dtype == np.uint8 and images.shape == (24, 64, 64, 3)
+    assert images.tobytes() == again.tobytes() and captions == captions_again
+    other, other_captions, _ = render_dataset(WORLD, "train", 24, seed=4)
+    assert other.tobytes() != images.tobytes() and other_captions != captions
+    # Rendering depends only on (scene, seed): same scene, new seed -> new jitter.
+    assert np.array_equal(render(WORLD, scenes[0], 7), render(WORLD, scenes[0], 7))
+    assert not np.array_equal(render(WORLD, scenes[0], 7), render(WORLD, scenes[0], 8))
+
+
+def test_splits_hold_out_colour_shape_pairs():
+    train = sample_scenes(WORLD, "train", 2000, seed=0)
+    test = sample_scenes(WORLD, "test", 2000, seed=0)
+    assert not any(is_held_out(WORLD, o) for sc in train for o in sc.objects)
+    assert all(any(is_held_out(WORLD, o) for o in sc.objects) for sc in test)
+    assert not {sc.caption() for sc in train} & {sc.caption() for sc in test}
+    # Every word still occurs in train; both scene kinds and every relation occur in both splits.
+    for scenes in (train, test):
+        words = set(" ".join(sc.caption() for sc in scenes).split())
+        assert set(WORLD.shapes + WORLD.colors + WORLD.sizes) <= words
+        assert {len(sc.objects) for sc in scenes} == {1, 2}
+        assert {sc.relation for sc in scenes} == {None, *WORLD.relations}
+    with pytest.raises(LaddError, match="split"):
+        sample_scenes(WORLD, "validation", 1, seed=0)
+
+
+def test_every_caption_of_the_grammar_parses_back():
+    for scene in all_scenes(WORLD):
+        assert parse_caption(WORLD, scene.caption()) == scene
+    assert parse_caption(WORLD, "  A Small  red CIRCLE ") == Scene((Obj("circle", "red", "small"),))
+
+
+@pytest.mark.parametrize(
+    "caption",
+    ["a huge red circle", "a small red circle next to a large blue square", "a small red", "", "a small red circle."],
+)
+def test_captions_outside_the_grammar_fail(caption):
+    with pytest.raises(LaddError, match="outside the toy grammar"):
+        parse_caption(WORLD, caption)
+
+
+def test_canonical_scene_reads_top_to_bottom_left_to_right():
+    below = parse_caption(WORLD, "a small red circle below a large blue square")
+    assert below.canonical() == parse_caption(WORLD, "a large blue square above a small red circle")
+    right = parse_caption(WORLD, "a small red circle to the right of a large blue square")
+    assert right.canonical() == parse_caption(WORLD, "a large blue square to the left of a small red circle")
+
+
+def test_world_round_trips_json_and_rejects_bad_settings():
+    assert ToyWorld.from_dict(json.loads(json.dumps(WORLD.to_dict()))) == WORLD
+    with pytest.raises(LaddError, match="palette"):
+        ToyWorld(colors=("red",))
+    with pytest.raises(LaddError, match="held-out"):
+        ToyWorld(held_out=(("pink", "circle"),))
+    with pytest.raises(LaddError, match="do not fit"):
+        ToyWorld(size_ranges=((0.08, 0.11), (0.2, 0.3)))
+
+
+def test_image_folder_and_prompt_file(tmp_path):
+    folder = write_image_folder(WORLD, "test", 5, seed=1, out_dir=tmp_path / "real")
+    lines = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
+    images, captions, _ = render_dataset(WORLD, "test", 5, seed=1)
+    assert [line["prompt"] for line in lines] == captions
+    for line, image in zip(lines, images, strict=True):
+        assert np.array_equal(np.asarray(Image.open(folder / line["image"])), image)
+    with pytest.raises(LaddError, match="already exists"):
+        write_image_folder(WORLD, "test", 5, seed=1, out_dir=folder)
+
+    prompts = write_prompts(WORLD, "train", 7, seed=2, path=tmp_path / "prompts.txt")
+    assert prompts.read_text().splitlines() == [sc.caption() for sc in sample_scenes(WORLD, "train", 7, seed=2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt", "real"]  # no temporary leftovers
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    from ladd_jax.eval.evaluator import load_evaluator
+
+    return load_evaluator()
+
+
+@pytest.fixture(scope="module")
+def real_test_renders():
+    images, captions, _ = render_dataset(WORLD, "test", CHECK_IMAGES, seed=1234, progress=False)
+    return images, captions
+
+
+def test_shipped_evaluator_reads_fresh_renders(evaluator):
+    from ladd_jax.eval.evaluator import measure_accuracy
+
+    assert evaluator.world == WORLD
+    for split, acc in measure_accuracy(evaluator, CHECK_IMAGES // 2, seed=98765).items():
+        assert acc["all"] >= 0.98, (split, acc)
+
+
+def test_frechet_distance_is_zero_on_itself_and_grows_with_distortion(evaluator, real_test_renders):
+    from ladd_jax.eval.metrics import features, frechet_distance, reference_stats
+
+    images, _ = real_test_renders
+    real = features(evaluator, images)
+    assert abs(frechet_distance(real, real)) < 1e-6 * np.trace(np.cov(real, rowvar=False))
+    other = features(evaluator, render_dataset(WORLD, "test", CHECK_IMAGES, seed=99, progress=False)[0])
+    noise_floor = frechet_distance(real, other)
+
+    blurred = images.astype(np.float32) / 255.0
+    blurred = (blurred + np.roll(blurred, 1, 1) + np.roll(blurred, 1, 2) + np.roll(blurred, (1, 1), (1, 2))) / 4
+    fd_blur = frechet_distance(real, features(evaluator, blurred))
+    shifted = np.clip(images[..., ::-1].astype(np.int16) // 2 + 60, 0, 255).astype(np.uint8)  # swap R/B, wash out
+    fd_shift = frechet_distance(real, features(evaluator, shifted))
+    assert noise_floor * 3 < fd_blur and noise_floor * 3 < fd_shift, (noise_floor, fd_blur, fd_shift)
+
+    from ladd_jax.eval.metrics import frechet_distance_from_stats
+
+    stats = reference_stats(evaluator, CHECK_IMAGES, seed=99)
+    assert frechet_distance_from_stats(stats, stats) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_alignment_of_renders_with_their_captions(evaluator, real_test_renders):
+    from ladd_jax.eval.metrics import alignment
+
+    images, captions = real_test_renders
+    assert alignment(evaluator, images, captions) >= 0.98
+    shuffled = list(np.random.default_rng(0).permutation(captions))
+    assert alignment(evaluator, images, shuffled) < 0.1
+    with pytest.raises(LaddError, match="one caption per image"):
+        alignment(evaluator, images, captions[:-1])
+
+
+def test_evaluator_trains_saves_and_loads(tmp_path):
+    from ladd_jax.eval.evaluator import TrainConfig, load_evaluator, train_evaluator
+
+    train = TrainConfig(steps=3, batch_size=8, pool_size=16, eval_size=8)
+    report = train_evaluator(WORLD, tmp_path / "ev", train)
+    assert set(report["accuracy"]) == {"train", "test"} and report["num_params"] < 250_000  # < 1 MB in fp32
+    loaded = load_evaluator(tmp_path / "ev")
+    images = render_dataset(WORLD, "train", 4, seed=0, progress=False)[0]
+    assert loaded.run(images)[0].shape == (4, loaded.config.hidden)
+    assert json.loads((tmp_path / "ev" / "evaluator.json").read_text())["train"]["steps"] == 3
+    with pytest.raises(LaddError, match="not an evaluator folder"):
+        load_evaluator(tmp_path)
+
+
+def test_cli_checks_before_training(tmp_path, capsys):
+    assert main(["toy-evaluator", "--out", str(tmp_path), "--steps", "5"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["toy-evaluator", "--out", str(tmp_path / "new"), "--steps", "0"]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err
