@@ -1,8 +1,8 @@
 """LADD distillation configs: `ladd-jax train --config configs/ladd.py:VARIANT --workdir W [--config.key=value]`.
 
 VARIANT: "sd3-medium", "sd3.5-large", "sd3.5-medium" (1024^2, the paper's defaults), "tiny" (a CPU run in
-seconds, batch 4: tests) or "toy" (the toy world's distillation that `ladd-jax demo` runs on a CPU in minutes). Values marked (unconfirmed) are not stated in the LADD paper; they are
-the defaults we chose, and options.
+seconds, batch 4: tests) or "toy" (the toy world's distillation that `ladd-jax demo` runs on a CPU in minutes).
+Values marked (unconfirmed) are not stated in the LADD paper; they are the defaults we chose, and options.
 """
 
 import ml_collections
