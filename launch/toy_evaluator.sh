@@ -10,5 +10,6 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 OUT="${OUT:-ladd_jax/toy_assets/evaluator}"
+mkdir -p "$(dirname "${OUT}")"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"  # the shipped numbers are CPU numbers
 exec ladd-jax toy-evaluator --out "${OUT}" --overwrite "$@"

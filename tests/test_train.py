@@ -223,3 +223,48 @@ def test_eight_device_mesh_matches_one_device(world, tmp_path):
         for k in ("d_loss", "g_loss", "d_acc", "logits_real", "logits_fake"):
             np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
     assert_trees_equal(saved_params(tmp_path / "eight", 2), saved_params(tmp_path / "one", 2), atol=1e-5)
+
+
+TWO_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {configs!r}); sys.path.insert(0, {tests!r})
+    from ladd_jax import distributed
+    distributed.initialize(dict(coordinator_address="localhost:{port}", num_processes=2, process_id=int(sys.argv[1])))
+    import jax
+    from test_train import tiny_config
+    from ladd_jax.train.loop import train_and_evaluate
+    assert jax.process_count() == 2 and len(jax.devices()) == 2
+    world = dict(teacher={teacher!r}, data={data!r})
+    train_and_evaluate(tiny_config(world, total_steps=2), {workdir!r})
+    """
+)
+
+
+def test_two_processes_train_and_checkpoint_together(world, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    script = TWO_PROCESS_SCRIPT.format(
+        configs=str(ROOT / "configs"),
+        tests=str(ROOT / "tests"),
+        port=port,
+        teacher=str(world["teacher"]),
+        data=str(world["data"]),
+        workdir=str(tmp_path),
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]  # process 0 logs
+    params = saved_params(tmp_path, 2)  # the jointly written checkpoint restores
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

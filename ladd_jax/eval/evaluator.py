@@ -41,17 +41,17 @@ INFERENCE_BATCH = 256
 
 @dataclasses.dataclass(frozen=True)
 class EvaluatorConfig:
-    patch: int = 4  # the stem: a linear embedding of non-overlapping patch x patch pixel blocks
-    channels: tuple[int, ...] = (32, 64, 64)  # 3x3 conv widths after the stem; the first keeps the resolution,
-    # each later one halves it
-    groups: int = 0
+    patch: int = 2  # the stem: a linear embedding of non-overlapping patch x patch pixel blocks
+    channels: tuple[int, ...] = (16, 32, 64, 64)  # 3x3 conv widths; the first keeps the stem's resolution, each
+    # later one halves it (64 px -> stem 32 -> 32, 16, 8, 4 with the defaults)
+    groups: int = 8  # GroupNorm after each conv: without it shape is learnt far slower (67% vs 92% in 1500 steps)
     hidden: int = 128  # size of the feature vector (the Frechet distance's space)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 128
+    steps: int = 3000
+    batch_size: int = 64
     learning_rate: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 1e-4
@@ -74,7 +74,7 @@ class EvaluatorNet(nn.Module):
         x = nn.gelu(nn.Conv(self.config.channels[0], (p, p), strides=p, name="stem")(images))
         for i, width in enumerate(self.config.channels):
             x = nn.Conv(width, (3, 3), strides=1 if i == 0 else 2)(x)
-            x = nn.gelu(nn.GroupNorm(num_groups=self.config.groups)(x) if self.config.groups else x)
+            x = nn.gelu(nn.GroupNorm(num_groups=self.config.groups)(x))
         # Flattening (not pooling) keeps where things are: the reading order of two objects depends on it.
         x = x.reshape(x.shape[0], -1)
         features = nn.gelu(nn.Dense(self.config.hidden)(x))
