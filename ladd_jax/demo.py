@@ -151,11 +151,11 @@ def write_reports(out: Path, table: list[dict], grids: list[Path], grid_prompts:
     lines = "".join(
         f"| {r['model']} | {r['steps']} | {r['cfg']:g} | {r['fd']:.2f} | {r['alignment']:.3f} |\n" for r in table
     )
-    columns = ", ".join(f"{r['model']} {r['steps']}" for r in table)
+    columns = ", ".join(f"{r['model']} {r['steps']} steps cfg {r['cfg']:g}" for r in table)
     md = [
         "# ladd-jax demo: LADD in the toy world\n",
         f"Measured in {seconds / 60:.1f} minutes. FD: Frechet distance to real renders of the held-out test split in "
-        "the evaluator's features; alignment: share of images whose every requested attribute the evaluator sees.\n",
+        "the evaluator's features; alignment: share of images whose every requested attribute the evaluator sees.\n\n",
         header + lines,
         "\n![training curves](curves.png)\n",
         f"\nGrids: columns {columns}; lines are seeds.\n",

@@ -5,15 +5,18 @@ word one token; CLIP pads and truncates to 16 tokens, T5 is used with max_sequen
 and T5-shaped text encoders, a VAE trained here on rendered images, and an MMDiT teacher (untrained here;
 `ladd-jax pretrain` trains it). `ladd-jax toy-components --out DIR` builds the whole folder from scratch.
 
-The text encoders are random and frozen, not trained. SD3 never trains its text encoders either: it learns to
-read fixed features. What the toy teacher needs from them is that different captions give different, O(1)
-features, word order included; a random transformer gives that (CLIP through its absolute position embeddings
-and causal attention, T5 through its relative position bias), and `tests/test_toy_components.py` checks it
-for every pair of grammar captions. Training them (contrastively, against images) would add a stage and minutes
-of CPU for no capability the teacher lacks. The random weights are scaled so activations stay O(1): unit
-normal token and position embeddings (flax's N(0, 0.02) default suits a trained model, not a frozen random
-one), T5 queries scaled by 1/sqrt(d_kv) (T5 folds the attention scale into its weights) and a unit normal
-relative position bias, so positions move the attention logits as much as content does.
+The text encoders are random and frozen, not trained. SD3 keeps its (pretrained) text encoders frozen too: its
+MMDiT learns to read fixed features. What the toy teacher needs from them is that different captions give
+different, O(1) features, word order included; a random transformer gives that (CLIP through its absolute position
+embeddings and causal attention, T5 through its relative position bias). `tests/test_toy_components.py` checks it
+over the grammar's 6440 captions: the nearest pair's pooled embeddings are 5% of the median pair distance apart
+(0.4 in absolute terms, against an fp32 agreement with transformers of ~1e-5), its context embeddings 26% (CLIP)
+and 32% (T5) among 800 random captions, and swapping two objects' colours moves both clearly. Training them
+(contrastively, against images) would add a stage and minutes of CPU for no capability the teacher lacks. The
+random weights are scaled so activations stay O(1): unit normal token and position embeddings (flax's N(0, 0.02)
+default suits a trained model, not a frozen random one), T5 queries scaled by 1/sqrt(d_kv) (T5 folds the attention
+scale into its weights) and a unit normal relative position bias, so positions move the attention logits as much as
+content does.
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ def toy_text_encoder_configs(clip_vocab: int, t5_vocab: int) -> tuple[CLIPTextCo
 def random_params(abstract: Mapping, seed: int) -> dict:
     """A param tree of `abstract`'s shapes (`jax.eval_shape` of an init) drawn with numpy, no compilation:
     kernels N(0, 1 / fan_in) (fan_in = all but the last axis), embeddings N(0, 1), biases 0, norm scales 1.
-    These are flax's default initialisers (untruncated), with unit-normal embeddings everywhere."""
+    These are flax's default initialisers (untruncated), with unit-normal embeddings everywhere. Stacked
+    (`nn.scan`) kernels count their layer axis into fan_in too, which only makes them smaller."""
     import jax
 
     rng = np.random.default_rng(seed)
@@ -301,8 +305,8 @@ def add_toy_components_parser(subparsers: argparse._SubParsersAction) -> None:
         help="build the toy world's SD3 folder: train the VAE, write tokenizers, text encoders, untrained teacher",
     )
     p.add_argument("--out", required=True, help="the SD3 pipeline folder to write")
-    p.add_argument("--vae-steps", type=int, default=600, help="VAE training steps")
-    p.add_argument("--vae-batch", type=int, default=32, help="image crops per VAE step")
+    p.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps")
+    p.add_argument("--vae-batch", type=int, default=12, help="image crops per VAE step")
     p.add_argument("--vae-crop", type=int, default=32, help="side of the random crops the VAE trains on (pixels)")
     p.add_argument("--vae-lr", type=float, default=3e-3, help="peak AdamW learning rate of the VAE")
     p.add_argument("--vae-kl-weight", type=float, default=1e-4, help="KL weight (per latent element, vs mean L2)")

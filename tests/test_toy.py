@@ -129,26 +129,32 @@ def test_shipped_evaluator_reads_fresh_renders(evaluator):
         assert acc["all"] >= 0.98, (split, acc)
 
 
+def blur(images, passes):
+    """Repeated 5-point box blur of uint8 images -> floats in [0, 1]."""
+    x = images.astype(np.float32) / 255.0
+    for _ in range(passes):
+        x = (x + np.roll(x, 1, 1) + np.roll(x, -1, 1) + np.roll(x, 1, 2) + np.roll(x, -1, 2)) / 5
+    return x
+
+
 def test_frechet_distance_is_zero_on_itself_and_grows_with_distortion(evaluator, real_test_renders):
-    from ladd_jax.eval.metrics import features, frechet_distance, reference_stats
+    from ladd_jax.eval.metrics import (
+        feature_stats,
+        features,
+        frechet_distance,
+        frechet_distance_from_stats,
+        reference_stats,
+    )
 
     images, _ = real_test_renders
     real = features(evaluator, images)
     assert abs(frechet_distance(real, real)) < 1e-6 * np.trace(np.cov(real, rowvar=False))
-    other = features(evaluator, render_dataset(WORLD, "test", CHECK_IMAGES, seed=99, progress=False)[0])
-    noise_floor = frechet_distance(real, other)
-
-    blurred = images.astype(np.float32) / 255.0
-    blurred = (blurred + np.roll(blurred, 1, 1) + np.roll(blurred, 1, 2) + np.roll(blurred, (1, 1), (1, 2))) / 4
-    fd_blur = frechet_distance(real, features(evaluator, blurred))
-    shifted = np.clip(images[..., ::-1].astype(np.int16) // 2 + 60, 0, 255).astype(np.uint8)  # swap R/B, wash out
-    fd_shift = frechet_distance(real, features(evaluator, shifted))
-    assert noise_floor * 3 < fd_blur and noise_floor * 3 < fd_shift, (noise_floor, fd_blur, fd_shift)
-
-    from ladd_jax.eval.metrics import frechet_distance_from_stats
-
-    stats = reference_stats(evaluator, CHECK_IMAGES, seed=99)
-    assert frechet_distance_from_stats(stats, stats) == pytest.approx(0.0, abs=1e-6)
+    # Against an independent reference set; clean renders give the estimator's bias at this sample size.
+    reference = reference_stats(evaluator, CHECK_IMAGES, seed=99)
+    fd = lambda x: frechet_distance_from_stats(feature_stats(features(evaluator, x)), reference)
+    clean, blur2, blur4 = fd(images), fd(blur(images, 2)), fd(blur(images, 4))
+    shifted = fd(np.clip(images[..., ::-1].astype(np.int16) // 2 + 60, 0, 255).astype(np.uint8))  # R<->B, washed
+    assert clean < blur2 < blur4 and 2 * clean < shifted, (clean, blur2, blur4, shifted)
 
 
 def test_alignment_of_renders_with_their_captions(evaluator, real_test_renders):
