@@ -2,7 +2,7 @@
 
 The loss per batch is mean reconstruction error (L1 or L2, on images in [-1, 1]) plus `kl_weight` times the
 mean KL divergence per latent element from N(0, 1); the decoder sees a posterior sample (reparameterised), as
-in diffusers' AutoencoderKL training. `calibrate_latent_scale` then sets `shift_factor` and `scaling_factor`
+in the latent-diffusion autoencoders. `calibrate_latent_scale` then sets `shift_factor` and `scaling_factor`
 the SD3 way, so that diffusion latents (z - shift) * scale have zero mean and unit std over the data.
 """
 
@@ -57,7 +57,9 @@ def _random_batches(images: np.ndarray, batch: int, seed: int) -> Iterator[np.nd
     order, pos = rng.permutation(len(images)), 0
     while True:
         if pos + batch > len(order):
-            order, pos = np.concatenate([order[pos:], rng.permutation(len(images))]), 0
+            order, pos = order[pos:], 0
+            while len(order) < batch:  # a batch may span epochs (or, with few images, several)
+                order = np.concatenate([order, rng.permutation(len(images))])
         yield images[order[pos : pos + batch]]
         pos += batch
 
