@@ -3,6 +3,7 @@
 import itertools
 import json
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -125,6 +126,7 @@ def test_shipped_evaluator_reads_fresh_renders(evaluator):
     from ladd_jax.eval.evaluator import measure_accuracy
 
     assert evaluator.world == WORLD
+    assert sum(np.size(p) for p in jax.tree.leaves(evaluator.params)) < 250_000  # < 1 MB in float32
     for split, acc in measure_accuracy(evaluator, CHECK_IMAGES // 2, seed=98765).items():
         assert acc["all"] >= 0.98, (split, acc)
 
@@ -169,11 +171,11 @@ def test_alignment_of_renders_with_their_captions(evaluator, real_test_renders):
 
 
 def test_evaluator_trains_saves_and_loads(tmp_path):
-    from ladd_jax.eval.evaluator import TrainConfig, load_evaluator, train_evaluator
+    from ladd_jax.eval.evaluator import EvaluatorConfig, TrainConfig, load_evaluator, train_evaluator
 
     train = TrainConfig(steps=3, batch_size=8, pool_size=16, eval_size=8)
-    report = train_evaluator(WORLD, tmp_path / "ev", train)
-    assert set(report["accuracy"]) == {"train", "test"} and report["num_params"] < 250_000  # < 1 MB in fp32
+    report = train_evaluator(WORLD, tmp_path / "ev", train, EvaluatorConfig(channels=(8, 8), groups=4, hidden=16))
+    assert set(report["accuracy"]) == {"train", "test"}
     loaded = load_evaluator(tmp_path / "ev")
     images = render_dataset(WORLD, "train", 4, seed=0, progress=False)[0]
     assert loaded.run(images)[0].shape == (4, loaded.config.hidden)

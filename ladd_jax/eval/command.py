@@ -6,14 +6,16 @@ import argparse
 
 from ladd_jax.errors import LaddError
 
+DEFAULTS = "default: TrainConfig's, in ladd_jax/eval/evaluator.py"  # not imported here: it would load jax
+
 
 def add_toy_evaluator_parser(subparsers: argparse._SubParsersAction) -> None:
     """Registers the `toy-evaluator` subcommand (jax and flax load only when it runs)."""
     p = subparsers.add_parser("toy-evaluator", help="train the toy world's evaluator (alignment and FD features)")
     p.add_argument("--out", required=True, help="the folder to write (shipped: ladd_jax/toy_assets/evaluator)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: TrainConfig's)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--pool-size", type=int, default=None, help="rendered training images (default: TrainConfig's)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps; " + DEFAULTS)
+    p.add_argument("--batch-size", type=int, default=None, help=DEFAULTS)
+    p.add_argument("--pool-size", type=int, default=None, help="rendered training images; " + DEFAULTS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(fn=run_toy_evaluator)

@@ -144,21 +144,27 @@ def _forward(net: EvaluatorNet, params: Any, x: jax.Array) -> tuple[jax.Array, d
 
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
+    """A trained evaluator: the world it reads, its net's config and params (see `load_evaluator`)."""
+
     world: ToyWorld
     config: EvaluatorConfig
     params: Any
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(features float32 [N, hidden], predicted labels) of uint8 or [0, 1] float images [N, S, S, 3]."""
-        size = self.world.image_size
+        images, size = np.asarray(images), self.world.image_size
         if images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise LaddError(f"the evaluator reads images [N, {size}, {size}, 3], got {images.shape}")
         net = make_net(self.world, self.config)
         features, labels = [], []
         for i in range(0, len(images), INFERENCE_BATCH):
-            f, y = _forward(net, self.params, to_net_input(images[i : i + INFERENCE_BATCH]))
-            features.append(np.asarray(f))
-            labels.append(jax.tree.map(np.asarray, y))
+            chunk = to_net_input(images[i : i + INFERENCE_BATCH])
+            n = len(chunk)
+            # Every call sees one batch shape (one compilation): the last chunk is padded.
+            chunk = np.pad(chunk, ((0, INFERENCE_BATCH - n), (0, 0), (0, 0), (0, 0)))
+            f, y = _forward(net, self.params, chunk)
+            features.append(np.asarray(f)[:n])
+            labels.append({k: np.asarray(v)[:n] for k, v in y.items()})
         return np.concatenate(features), {k: np.concatenate([y[k] for y in labels]) for k in labels[0]}
 
     def predict(self, images: np.ndarray) -> list[Scene]:
