@@ -103,9 +103,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.max_sequence_length = 16
     if variant == "toy":  # a 4-block, 64x64 (16x16 latent) teacher distilled in a few CPU minutes
         c.total_steps = 150
-        c.student.warmup_steps = 20
-        c.lr_warmup_steps = 10
-        c.g_lr, c.d_lr = 1e-4, 1e-4
+        c.student.warmup_steps = 4
+        c.lr_warmup_steps = 2
+        c.g_lr, c.d_lr = 1e-4, 1e-3  # heads learn 10x faster: with equal rates they barely move in 150 steps
+        c.t_hat_mean = 0.0  # 16x16 latents: at m = 1 the re-noised real and fake are nearly indistinguishable
         c.ema_decay = 0.95
         c.log_every = 5
         c.checkpoint_every = 50

@@ -10,7 +10,7 @@ trained EMA transformer in place of the folder's.
 import ml_collections
 
 _VARIANTS = {
-    "toy": dict(batch_size=64, total_steps=6000, lr=3e-4, lr_warmup_steps=200),
+    "toy": dict(batch_size=32, total_steps=3000, lr=3e-4, lr_warmup_steps=100),
     "tiny": dict(batch_size=4, total_steps=4, lr=1e-3, lr_warmup_steps=1),
 }
 

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Rebuilds the toy world's shipped checkpoints (ladd_jax/toy_assets/): the evaluator, then an SD3-layout folder
 # with a trained VAE, tiny random-frozen text encoders and an MMDiT teacher pretrained with the rectified-flow
-# objective on VAE-encoded renders of the train split. On 2 CPU cores: about 30-40 minutes in all.
+# objective on VAE-encoded renders of the train split. On 2 CPU cores: about 45 minutes in all (measured while sharing the CPU).
 #
 #   bash launch/make_toy_world.sh            # writes ladd_jax/toy_assets/{evaluator,teacher}
-#   WORK=/tmp/toy PRETRAIN_STEPS=6000 bash launch/make_toy_world.sh
+#   WORK=/tmp/toy PRETRAIN_STEPS=3000 bash launch/make_toy_world.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-runs/toy_world}
 ASSETS=ladd_jax/toy_assets
-IMAGES=${IMAGES:-8192}            # rendered train-split images the teacher is pretrained on
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-6000}
+IMAGES=${IMAGES:-4096}            # rendered train-split images the teacher is pretrained on
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-3000}
 mkdir -p "$WORK" "$ASSETS"
 
 ladd-jax toy-evaluator --out "$ASSETS/evaluator" --overwrite
@@ -23,5 +23,5 @@ ladd-jax encode-real --model "$WORK/sd3_untrained" --images "$WORK/images/captio
   --max-sequence-length 16 --batch-size 64
 ladd-jax pretrain --config configs/pretrain.py:toy --workdir "$WORK/pretrain" \
   --config.model="$WORK/sd3_untrained" --config.data="$WORK/real" --config.out="$ASSETS/teacher" \
-  --config.total_steps="$PRETRAIN_STEPS"
+  --config.total_steps="$PRETRAIN_STEPS" --config.sample_every=1000 --config.checkpoint_every=500
 du -sh "$ASSETS"/*
