@@ -130,12 +130,12 @@ def check_size(height: int, width: int, multiple: int) -> None:
         )
 
 
-def _mesh() -> Mesh:
+def local_data_mesh() -> Mesh:
     devices = jax.local_devices()
     return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
-def _cast(tree: Any, dtype: Any) -> Any:
+def cast_floats(tree: Any, dtype: Any) -> Any:
     """Floating leaves to `dtype` (bf16 halves the memory of the 4.7B-param T5-XXL); the rest as is."""
     if dtype == jnp.float32:
         return tree
@@ -206,9 +206,9 @@ class SD3Pipeline:
 
         self.folder, self.dtype = folder, dtype
         compute = DTYPES[dtype]
-        self.mesh = _mesh()
+        self.mesh = local_data_mesh()
         replicated = NamedSharding(self.mesh, P())
-        put = lambda tree: jax.device_put(_cast(tree, compute), replicated)
+        put = lambda tree: jax.device_put(cast_floats(tree, compute), replicated)
 
         def tokenizer(name: str):
             return getattr(transformers, classes[name]).from_pretrained(folder / name)

@@ -120,7 +120,7 @@ def encode_real(
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from ladd_jax.pipeline import DTYPES, _cast, _mesh, check_size, size_rules
+    from ladd_jax.pipeline import DTYPES, cast_floats, check_size, local_data_mesh, size_rules
 
     if latent not in LATENT_KINDS:
         raise LaddError(f"latent must be one of {LATENT_KINDS}, got {latent!r}")
@@ -146,9 +146,9 @@ def encode_real(
     else:
         from ladd_jax.convert.vae import load_vae
 
-        mesh = _mesh()
+        mesh = local_data_mesh()
         vae_config, params = load_vae(Path(model_dir) / "vae")
-        vae_params = jax.device_put(_cast(params, DTYPES[dtype]), NamedSharding(mesh, P()))
+        vae_params = jax.device_put(cast_floats(params, DTYPES[dtype]), NamedSharding(mesh, P()))
     encode = _encode_fn(vae_config, dtype, latent)
     batched = NamedSharding(mesh, P("data"))
     per_call = batch_size * mesh.devices.size
