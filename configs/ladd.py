@@ -67,6 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.b2 = 0.99
     c.weight_decay = 0.0
     c.lr_warmup_steps = 100
+    c.lr_decay = "constant"  # or "cosine" (to lr * lr_final_fraction at total_steps)
+    c.lr_final_fraction = 0.1
     c.grad_clip = 1.0
     c.ema_decay = 0.999
 

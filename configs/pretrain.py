@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.text_dropout = 0.1
     c.lr = v["lr"]
     c.lr_warmup_steps = v["lr_warmup_steps"]
+    # Cosine decay to 5% of lr by total_steps, so that training (and the EMA) ends on low-noise iterates.
+    c.lr_decay = "cosine"
+    c.lr_final_fraction = 0.05
     c.b1 = 0.9
     c.b2 = 0.999
     c.weight_decay = 0.0

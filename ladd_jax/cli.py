@@ -61,12 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", default=None, help="jax.nn.dot_product_attention implementation (xla, cudnn)")
     p.set_defaults(fn=_bench)
     from ladd_jax.data.encode_real import add_encode_real_parser
-    from ladd_jax.data.records import add_records_parser
+    from ladd_jax.data.records_command import add_records_parser
     from ladd_jax.data.synth import add_synth_parser
-    from ladd_jax.demo import add_demo_parser
-    from ladd_jax.eval.command import add_toy_evaluator_parser
     from ladd_jax.sample import add_sample_parser
-    from ladd_jax.toy_components import add_toy_components_parser
+    from ladd_jax.toy.components import add_toy_components_parser
+    from ladd_jax.toy.demo import add_demo_parser
+    from ladd_jax.toy.evaluator_command import add_toy_evaluator_parser
     from ladd_jax.train.main import add_train_parsers
 
     add_sample_parser(sub)

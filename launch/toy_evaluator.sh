@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the toy world's evaluator (prompt alignment and FD features) and writes the copy that ships with the
-# project, ladd_jax/toy_assets/evaluator/ (evaluator.json there records the accuracy reached). A few minutes
+# project, ladd_jax/toy/assets/evaluator/ (evaluator.json there records the accuracy reached). A few minutes
 # on 2 CPU cores (about 370 CPU-seconds: rendering 32k training images, then 3000 Adam steps).
 #
 #   launch/toy_evaluator.sh                 # replaces the shipped evaluator
@@ -10,7 +10,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-OUT="${OUT:-ladd_jax/toy_assets/evaluator}"
+OUT="${OUT:-ladd_jax/toy/assets/evaluator}"
 mkdir -p "$(dirname "${OUT}")"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"  # the shipped numbers are CPU numbers
 exec ladd-jax toy-evaluator --out "${OUT}" --overwrite "$@"

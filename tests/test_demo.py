@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ladd_jax.demo import QUICK, DemoConfig, run_demo
+from ladd_jax.toy.demo import QUICK, DemoConfig, run_demo
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from ladd_jax.cli import main
-from ladd_jax.data.toy import (
+from ladd_jax.errors import LaddError
+from ladd_jax.toy.world import (
     Obj,
     Scene,
     ToyWorld,
@@ -21,7 +22,6 @@ from ladd_jax.data.toy import (
     write_image_folder,
     write_prompts,
 )
-from ladd_jax.errors import LaddError
 
 WORLD = ToyWorld()
 CHECK_IMAGES = 512  # per set in the evaluator and metric tests: enough for stable 128-dim feature statistics
@@ -111,7 +111,7 @@ def test_image_folder_and_prompt_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def evaluator():
-    from ladd_jax.eval.evaluator import load_evaluator
+    from ladd_jax.toy.evaluator import load_evaluator
 
     return load_evaluator()
 
@@ -123,7 +123,7 @@ def real_test_renders():
 
 
 def test_shipped_evaluator_reads_fresh_renders(evaluator):
-    from ladd_jax.eval.evaluator import measure_accuracy
+    from ladd_jax.toy.evaluator import measure_accuracy
 
     assert evaluator.world == WORLD
     assert sum(np.size(p) for p in jax.tree.leaves(evaluator.params)) < 250_000  # < 1 MB in float32
@@ -140,7 +140,7 @@ def blur(images, passes):
 
 
 def test_frechet_distance_is_zero_on_itself_and_grows_with_distortion(evaluator, real_test_renders):
-    from ladd_jax.eval.metrics import (
+    from ladd_jax.toy.metrics import (
         feature_stats,
         features,
         frechet_distance,
@@ -160,7 +160,7 @@ def test_frechet_distance_is_zero_on_itself_and_grows_with_distortion(evaluator,
 
 
 def test_alignment_of_renders_with_their_captions(evaluator, real_test_renders):
-    from ladd_jax.eval.metrics import alignment
+    from ladd_jax.toy.metrics import alignment
 
     images, captions = real_test_renders
     assert alignment(evaluator, images, captions) >= 0.98
@@ -171,7 +171,7 @@ def test_alignment_of_renders_with_their_captions(evaluator, real_test_renders):
 
 
 def test_evaluator_trains_saves_and_loads(tmp_path):
-    from ladd_jax.eval.evaluator import EvaluatorConfig, TrainConfig, load_evaluator, train_evaluator
+    from ladd_jax.toy.evaluator import EvaluatorConfig, TrainConfig, load_evaluator, train_evaluator
 
     train = TrainConfig(steps=3, batch_size=8, pool_size=16, eval_size=8)
     report = train_evaluator(WORLD, tmp_path / "ev", train, EvaluatorConfig(channels=(8, 8), groups=4, hidden=16))

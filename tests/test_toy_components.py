@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from ladd_jax.cli import main
-from ladd_jax.data.toy import Obj, Scene, ToyWorld, render_dataset
 from ladd_jax.errors import LaddError
 from ladd_jax.models.mmdit import abstract_params
 from ladd_jax.models.vae import (
@@ -24,7 +23,7 @@ from ladd_jax.models.vae import (
     scale_latents,
 )
 from ladd_jax.pipeline import SD3Pipeline
-from ladd_jax.toy_components import (
+from ladd_jax.toy.components import (
     CLIP_G_WIDTH,
     CLIP_L_WIDTH,
     CLIP_MAX_LENGTH,
@@ -36,7 +35,8 @@ from ladd_jax.toy_components import (
     toy_vae_config,
     write_toy_sd3_folder,
 )
-from ladd_jax.train.vae import calibrate_latent_scale, reconstruction_psnr, to_model_range, train_vae, vae_loss
+from ladd_jax.toy.vae import calibrate_latent_scale, reconstruction_psnr, to_model_range, train_vae, vae_loss
+from ladd_jax.toy.world import Obj, Scene, ToyWorld, render_dataset
 
 TOL = 1e-5
 WORLD = ToyWorld()

@@ -1,6 +1,6 @@
 """Tiny local tokenizers and a tiny random SD3 pipeline folder, written without any download.
 
-The tokenizers come from `ladd_jax.tokenizer_files` (a CLIP BPE and a T5 Unigram vocabulary built from CORPUS);
+The tokenizers come from `ladd_jax.toy.tokenizers` (a CLIP BPE and a T5 Unigram vocabulary built from CORPUS);
 `write_tiny_sd3_folder` builds a whole StableDiffusion3Pipeline with every weight random and saves it with
 `save_pretrained`.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ladd_jax.tokenizer_files import write_clip_tokenizer, write_t5_tokenizer
+from ladd_jax.toy.tokenizers import write_clip_tokenizer, write_t5_tokenizer
 
 CLIP_MAX_LENGTH = 77  # SD3's CLIP tokenizers truncate and pad to 77 tokens
 T5_MAX_LENGTH = 512

@@ -1,6 +1,6 @@
 """`ladd-jax encode-real`: real (image, caption) pairs -> latent records, for the real-versus-synthetic ablation.
 
-Input: a captions .jsonl, one {"image": "relative/path.png", "prompt": "..."} a line (what `ladd_jax.data.toy`
+Input: a captions .jsonl, one {"image": "relative/path.png", "prompt": "..."} a line (what `ladd_jax.toy.world`
 writes), image paths relative to the .jsonl's folder. Each image is converted to RGB, brought to height x width
 (centre crop to that aspect ratio, then bicubic resize) when it has another size, scaled to [-1, 1] and encoded by
 the pipeline folder's VAE. The record's `latent` is the VAE posterior's mean (default) or a draw from it

@@ -46,8 +46,18 @@ class Models:
 
 
 def optimizer(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW after global-norm clipping, with a linear warm-up to `lr` that then stays constant."""
-    schedule = optax.linear_schedule(0.0, lr, max(int(config.lr_warmup_steps), 1))
+    """AdamW after global-norm clipping; a linear warm-up to `lr`, then constant (`lr_decay="constant"`) or a
+    cosine decay to `lr * lr_final_fraction` at `total_steps` (`lr_decay="cosine"`)."""
+    warmup = max(int(config.lr_warmup_steps), 1)
+    if config.lr_decay == "constant":
+        schedule = optax.linear_schedule(0.0, lr, warmup)
+    elif config.lr_decay == "cosine":
+        decay_steps = max(int(config.total_steps) - warmup, 1)
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, lr, warmup, warmup + decay_steps, end_value=lr * config.lr_final_fraction
+        )
+    else:
+        raise LaddError(f"lr_decay={config.lr_decay!r} is not a schedule; use 'constant' or 'cosine'")
     return optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
         optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay),

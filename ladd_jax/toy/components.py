@@ -34,11 +34,11 @@ from ladd_jax.errors import LaddError
 
 # The CLI registers this module's subcommand at start-up: jax, flax and the models load only when used.
 if TYPE_CHECKING:
-    from ladd_jax.data.toy import ToyWorld
     from ladd_jax.models.clip import CLIPTextConfig
     from ladd_jax.models.mmdit import MMDiTConfig
     from ladd_jax.models.t5 import T5Config
     from ladd_jax.models.vae import VAEConfig
+    from ladd_jax.toy.world import ToyWorld
 
 CLIP_MAX_LENGTH = 16  # the longest caption, "a large yellow triangle to the right of a small white square", is 14
 T5_MAX_LENGTH = 16  # use as the pipelines' max_sequence_length
@@ -71,7 +71,7 @@ def toy_corpus(world: ToyWorld) -> list[str]:
 def write_toy_tokenizers(folder: str | Path, world: ToyWorld) -> tuple[int, int]:
     """tokenizer/ (CLIP-L), tokenizer_2/ (CLIP-G, pads with "!") and tokenizer_3/ (T5) under `folder`; returns
     the (CLIP, T5) vocabulary sizes."""
-    from ladd_jax.tokenizer_files import write_clip_tokenizer, write_t5_tokenizer
+    from ladd_jax.toy.tokenizers import write_clip_tokenizer, write_t5_tokenizer
 
     folder, corpus = Path(folder), toy_corpus(world)
     clip_vocab = write_clip_tokenizer(folder / "tokenizer", corpus, max_length=CLIP_MAX_LENGTH)
@@ -287,8 +287,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def read_toy_world(folder: str | Path) -> ToyWorld:
     """The ToyWorld a folder written by `write_toy_sd3_folder` was built for."""
-    from ladd_jax.data.toy import ToyWorld
     from ladd_jax.jsonfile import read_json
+    from ladd_jax.toy.world import ToyWorld
 
     path = Path(folder) / WORLD_FILE
     data = read_json(path, f"{folder} has no {WORLD_FILE}; it was not written by `ladd-jax toy-components`")
@@ -322,8 +322,8 @@ def add_toy_components_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_toy_components(args: argparse.Namespace) -> None:
     """Renders the toy world, trains and calibrates the VAE, reports its held-out PSNR, writes the folder."""
     from ladd_jax.atomic import check_writable_destination
-    from ladd_jax.data.toy import ToyWorld, render_dataset
-    from ladd_jax.train.vae import calibrate_latent_scale, reconstruction_psnr, train_vae
+    from ladd_jax.toy.vae import calibrate_latent_scale, reconstruction_psnr, train_vae
+    from ladd_jax.toy.world import ToyWorld, render_dataset
 
     out = Path(args.out)
     check_writable_destination(out, args.overwrite)  # before minutes of training

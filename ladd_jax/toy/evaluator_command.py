@@ -12,7 +12,7 @@ DEFAULTS = "default: TrainConfig's, in ladd_jax/eval/evaluator.py"  # not import
 def add_toy_evaluator_parser(subparsers: argparse._SubParsersAction) -> None:
     """Registers the `toy-evaluator` subcommand (jax and flax load only when it runs)."""
     p = subparsers.add_parser("toy-evaluator", help="train the toy world's evaluator (alignment and FD features)")
-    p.add_argument("--out", required=True, help="the folder to write (shipped: ladd_jax/toy_assets/evaluator)")
+    p.add_argument("--out", required=True, help="the folder to write (shipped: ladd_jax/toy/assets/evaluator)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps; " + DEFAULTS)
     p.add_argument("--batch-size", type=int, default=None, help=DEFAULTS)
     p.add_argument("--pool-size", type=int, default=None, help="rendered training images; " + DEFAULTS)
@@ -26,8 +26,8 @@ def run_toy_evaluator(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from ladd_jax.atomic import check_writable_destination
-    from ladd_jax.data.toy import ToyWorld
-    from ladd_jax.eval.evaluator import TrainConfig, train_evaluator
+    from ladd_jax.toy.evaluator import TrainConfig, train_evaluator
+    from ladd_jax.toy.world import ToyWorld
 
     options = {name: getattr(args, name) for name in ("steps", "batch_size", "pool_size")}
     given = {name: value for name, value in options.items() if value is not None}

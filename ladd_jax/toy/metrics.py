@@ -10,9 +10,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ladd_jax.data.toy import parse_caption, render_dataset
 from ladd_jax.errors import LaddError
-from ladd_jax.eval.evaluator import Evaluator
+from ladd_jax.toy.evaluator import Evaluator
+from ladd_jax.toy.world import parse_caption, render_dataset
 
 
 class FeatureStats(NamedTuple):

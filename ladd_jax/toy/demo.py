@@ -1,6 +1,6 @@
 """`ladd-jax demo --out DIR`: LADD end to end in the toy world, on a CPU, through the same code as SD3 at scale.
 
-From the shipped toy checkpoints (`ladd_jax/toy_assets/`: a pretrained toy SD3 teacher folder and the evaluator;
+From the shipped toy checkpoints (`ladd_jax/toy/assets/`: a pretrained toy SD3 teacher folder and the evaluator;
 `launch/make_toy_world.sh` rebuilds them) it
   1. writes train-split prompts and generates synthetic latents with the teacher (`run_synth`: ArrayRecord shards),
   2. distils the teacher into a student with LADD (`train_and_evaluate`, configs/ladd.py:toy), exports it,
@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from ladd_jax.errors import LaddError
 
-ROOT = Path(__file__).resolve().parents[1]
-ASSETS = Path(__file__).resolve().parent / "toy_assets"
+ROOT = Path(__file__).resolve().parents[2]
+ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,11 +190,11 @@ def write_reports(
 
 def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Callable[[str], None] = print) -> dict:
     from ladd_jax.data.synth import run_synth
-    from ladd_jax.data.toy import sample_scenes, write_prompts
-    from ladd_jax.eval.evaluator import load_evaluator, render_scenes
-    from ladd_jax.eval.metrics import alignment, feature_stats, features, frechet_distance_from_stats, reference_stats
     from ladd_jax.pipeline import SD3Pipeline
-    from ladd_jax.toy_components import read_toy_world
+    from ladd_jax.toy.components import read_toy_world
+    from ladd_jax.toy.evaluator import load_evaluator, render_scenes
+    from ladd_jax.toy.metrics import alignment, feature_stats, features, frechet_distance_from_stats, reference_stats
+    from ladd_jax.toy.world import sample_scenes, write_prompts
     from ladd_jax.train.export import export_workdir
     from ladd_jax.train.loop import train_and_evaluate
 

@@ -27,11 +27,11 @@ from flax import serialization
 from tqdm import tqdm
 
 from ladd_jax.atomic import atomic_path
-from ladd_jax.data.toy import SPLITS, Obj, Scene, ToyWorld, image_seeds, render, sample_scenes
 from ladd_jax.errors import LaddError
 from ladd_jax.jsonfile import read_json
+from ladd_jax.toy.world import SPLITS, Obj, Scene, ToyWorld, image_seeds, render, sample_scenes
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "toy_assets" / "evaluator"
+DEFAULT_DIR = Path(__file__).resolve().parent / "assets" / "evaluator"
 PARAMS_FILE = "params.msgpack"
 CONFIG_FILE = "evaluator.json"
 SLOTS = 2  # objects per scene at most

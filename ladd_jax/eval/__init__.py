@@ -1,1 +1,0 @@
-"""Evaluation of the toy world: the evaluator network and its metrics (Frechet distance, prompt alignment)."""
