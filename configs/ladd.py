@@ -50,12 +50,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.disc.num_blocks = 2
     c.disc.cond_dim = 64 if small else 256
     c.disc.norm_groups = 8 if small else 32
+    c.disc.output_init = "zeros"  # "normal": random output layers (the frozen-heads control needs them)
+    c.disc.train = True  # False: no D updates, the heads stay at their initialisation (the control run)
     c.t_hat_mean = 1.0
     c.t_hat_std = 1.0
 
     # Objective.
     c.loss = "hinge"  # or "non_saturating" (hinge: ADD's choice; unconfirmed for LADD)
     c.d_steps = 1  # D updates per G update
+    c.train_student = True  # False: no G updates, the heads alone against the fixed student (can they learn?)
     c.r1_gamma = 0.0  # ADD uses 1e-5 on the heads' inputs
     c.misaligned_weight = 0.0  # >0: real latents with another sample's text as extra fakes
     c.distill_weight = 0.0  # >0: ADD-style distillation loss to the teacher's denoised estimate (ADD: 2.5)
@@ -83,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     c.restore_step = ml_collections.config_dict.placeholder(int)  # resume from this step instead of the latest
+    c.eval_every = 0  # steps between calls of train_and_evaluate's `evaluate` hook, when one is given (0: never)
     c.sample_every = 1000  # 0: no sample grids
     c.sample_prompts = ("a photo of a cat", "a red sports car on a mountain road", "an astronaut riding a horse")
     c.sample_steps = (1, 2, 4)  # student steps shown beside the teacher

@@ -421,6 +421,12 @@ class SD3Pipeline:
         except ValueError as e:
             raise LaddError(f"{e}; use a positive number of steps") from None
 
+    def velocity(self, x: Any, t: Any, embeds: Any, pooled: Any, params: Any = None) -> jax.Array:
+        """The transformer's velocity for NHWC latents `x` at flow times `t` [B] with conditioning from
+        `encode_prompt`; `params` replaces the folder's transformer weights (e.g. a student's in training)."""
+        params = self.transformer_params if params is None else params
+        return self._transformer(params, *(self._shard(a) for a in (x, t, embeds, pooled)))
+
     def denoise(
         self,
         latents: Any,

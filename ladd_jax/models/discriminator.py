@@ -8,8 +8,10 @@ feature_layers=...)` returns them so), feed one head of 2D convolutions, so any 
 
 with cond = MLP([sinusoid(t_hat), pooled]): projection conditioning as in StyleGAN-T and the projection
 discriminator (Miyato & Koyama 2018). conv_out and proj start at zero, so initial logits are exactly 0 and the
-first D updates set the scale. GroupNorm rather than BatchNorm: its statistics are per sample, so real and
-fake batches, and the shards of a batch over devices, never mix (and R1 stays a per-sample gradient).
+first D updates set the scale (`output_init="zeros"`). `output_init="normal"` draws them at random instead: what
+the frozen-heads control needs, since zero output layers would give the student no gradient at all.
+GroupNorm rather than BatchNorm: its statistics are per sample, so real and fake batches, and the shards of a
+batch over devices, never mix (and R1 stays a per-sample gradient).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ TIME_EMBED_DIM = 256  # sinusoid width of t_hat, as the MMDiT's own timestep emb
 TIME_SCALE = 1000.0  # t_hat in [0, 1] -> SD3's timestep range, so the sinusoid's frequencies resolve it
 NORM_EPS = 1e-6
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+OUTPUT_INITS = {"zeros": nn.initializers.zeros, "normal": nn.initializers.lecun_normal()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,7 @@ class DiscriminatorConfig:
     cond_dim: int = 256  # width of the (t_hat, pooled) conditioning embedding
     norm_groups: int = 32
     dtype: str = "float32"  # compute dtype; params stay fp32, logits come out fp32
+    output_init: str = "zeros"  # conv_out and proj: "zeros" (logits start at 0) or "normal" (random, fan-in scaled)
 
     def __post_init__(self):
         object.__setattr__(self, "feature_layers", tuple(int(i) for i in self.feature_layers))
@@ -57,6 +61,8 @@ class DiscriminatorConfig:
             raise LaddError(f"kernel_size={self.kernel_size} must be odd and positive (symmetric padding)")
         if self.num_blocks < 0 or self.cond_dim < 1:
             raise LaddError(f"num_blocks={self.num_blocks} must be >= 0 and cond_dim={self.cond_dim} >= 1")
+        if self.output_init not in OUTPUT_INITS:
+            raise LaddError(f"output_init={self.output_init!r} is not supported; use one of {sorted(OUTPUT_INITS)}")
         if self.dtype not in COMPUTE_DTYPES:
             raise LaddError(f"dtype={self.dtype!r} is not supported; use one of {COMPUTE_DTYPES}")
 
@@ -107,11 +113,10 @@ class Head(nn.Module):
 
         cond = jnp.concatenate([timestep_embedding(t_hat * TIME_SCALE, TIME_EMBED_DIM), pooled], axis=-1)
         cond = dense(cfg.cond_dim, "cond_2")(nn.silu(dense(cfg.cond_dim, "cond_1")(cond.astype(cfg.dtype))))
-        proj = dense(cfg.hidden, "proj", kernel_init=nn.initializers.zeros)(nn.silu(cond))
+        out_init = OUTPUT_INITS[cfg.output_init]
+        proj = dense(cfg.hidden, "proj", kernel_init=out_init)(nn.silu(cond))
 
-        conv_out = nn.Conv(
-            1, (1, 1), dtype=cfg.dtype, param_dtype=jnp.float32, kernel_init=nn.initializers.zeros, name="conv_out"
-        )
+        conv_out = nn.Conv(1, (1, 1), dtype=cfg.dtype, param_dtype=jnp.float32, kernel_init=out_init, name="conv_out")
         out = conv_out(h)[..., 0].astype(jnp.float32)
         inner = jnp.einsum("bhwc,bc->bhw", h, proj, preferred_element_type=jnp.float32)
         return out + inner / math.sqrt(cfg.hidden)

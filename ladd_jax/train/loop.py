@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ladd_jax.models.discriminator import init_discriminator
 from ladd_jax.train import sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from ladd_jax.train.runner import report_compiled, resume_or_init, run_steps
-from ladd_jax.train.state import Models, init_state, make_models
+from ladd_jax.train.state import Models, TrainState, init_state, make_models
 from ladd_jax.train.steps import jit_train_step, make_train_step
 from ladd_jax.train.student import init_student, student_layers, subset_config
 
@@ -157,8 +158,13 @@ def make_loader(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> L
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """Trains (or resumes) until config.total_steps; returns the last logged metrics."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    evaluate: Callable[[TrainState], dict[str, float]] | None = None,
+) -> dict[str, float]:
+    """Trains (or resumes) until config.total_steps; returns the last logged metrics. `evaluate(state)`, if given,
+    runs at the start and every config.eval_every steps and is logged as eval/NAME (e.g. the toy world's FD)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(**config.mesh)
@@ -190,6 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         meta,
         dict(d="d_loss", g="g_loss", acc="d_acc"),
         samples,
+        evaluate,
     )[1]
 
 

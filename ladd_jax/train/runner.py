@@ -122,10 +122,12 @@ def run_steps(
     meta: dict,
     postfix: dict[str, str],
     samples: Callable[[Any, Path], Any] | None = None,
+    evaluate: Callable[[Any], dict[str, float]] | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """Steps `state` to config.total_steps with `compiled(state, *constants, batch, key)`; returns the final state
     and the last logged metrics. `postfix`: progress-bar label -> metric; `samples(state, png_path) -> image` runs
-    every sample_every steps."""
+    every sample_every steps; `evaluate(state) -> {name: value}` at the start and every eval_every steps, logged
+    as "eval/name"."""
     start = time.perf_counter()
     flops, peak = step_flops(compiled), peak_tflops(jax.devices()[0])
     writer = MetricWriter(workdir)
@@ -134,6 +136,9 @@ def run_steps(
     first = int(state.step)
     pending, last, tick, since = None, {}, start, 0
     bar = tqdm(total=config.total_steps, initial=first, desc=name, unit="step", disable=jax.process_index() != 0)
+    eval_every = config.eval_every if evaluate is not None else 0
+    if eval_every and first == 0:
+        writer.write_scalars(0, {f"eval/{k}": v for k, v in evaluate(state).items()})
     try:
         for step in range(first, config.total_steps):
             state, metrics = compiled(state, *constants, next(loader), key)
@@ -152,10 +157,12 @@ def run_steps(
                 if flops and peak:
                     last["mfu"] = flops / seconds / (peak * 1e12)
                 writer.write_scalars(done, last)
-                bar.set_postfix({label: f"{last[k]:.3f}" for label, k in postfix.items()})
+                bar.set_postfix({label: f"{last[k]:.3f}" for label, k in postfix.items() if k in last})
                 pending, tick, since = None, time.perf_counter(), 0
             if save:
                 checkpoints.save(done, state, loader.get_state(), meta, force=True)
+            if eval_every and (done % eval_every == 0 or is_last):
+                writer.write_scalars(done, {f"eval/{k}": v for k, v in evaluate(state).items()})
             if samples is not None and config.sample_every and (done % config.sample_every == 0 or is_last):
                 writer.write_image(done, "samples", samples(state, workdir / "samples" / f"{done:07d}.png"))
             if preemption.requested:

@@ -77,6 +77,7 @@ def disc_config(config: ml_collections.ConfigDict, teacher_layers: int) -> Discr
         cond_dim=d.cond_dim,
         norm_groups=d.norm_groups,
         dtype=config.dtype,
+        output_init=d.output_init,
     )
 
 

@@ -10,6 +10,8 @@
                         the gradient reaches the student through the teacher's activations; the teacher's
                         params are closed over, so no gradient w.r.t. them exists
     EMA:                ema <- decay * ema + (1 - decay) * student
+    Controls: disc.train=False skips the D step (heads frozen at initialisation); train_student=False skips the G
+    step (the heads alone against a fixed student).
 
 Randomness: key = fold_in(base_key, step), then one split per purpose, so the same step draws the same numbers on
 any mesh.
@@ -104,10 +106,14 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
             return loss, aux
 
         disc, d_opt = state.disc, state.d_opt
-        for _ in range(config.d_steps):
+        d_metrics = {}
+        if not config.disc.train:  # the control: heads frozen at their initialisation, only measured
+            d_total, d_aux = d_objective(disc)
+        for _ in range(config.d_steps if config.disc.train else 0):
             (d_total, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(disc)
             updates, d_opt = models.d_tx.update(d_grads, d_opt, disc)
             disc = optax.apply_updates(disc, updates)
+            d_metrics["d_grad_norm"] = optax.tree.norm(d_grads)
 
         # ---------------------------------------------------------------- G step: student only, through the teacher
         def g_objective(student_params: Any):
@@ -122,9 +128,12 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
                 loss = loss + config.distill_weight * aux["distill"]
             return loss, aux
 
-        (g_total, g_aux), g_grads = jax.value_and_grad(g_objective, has_aux=True)(state.student)
-        updates, g_opt = models.g_tx.update(g_grads, state.g_opt, state.student)
-        student = optax.apply_updates(state.student, updates)
+        student, g_opt, g_metrics = state.student, state.g_opt, {}
+        if config.train_student:  # otherwise the heads alone learn against the fixed student (a diagnostic)
+            (g_total, g_aux), g_grads = jax.value_and_grad(g_objective, has_aux=True)(student)
+            updates, g_opt = models.g_tx.update(g_grads, g_opt, student)
+            student = optax.apply_updates(student, updates)
+            g_metrics = dict(g_total=g_total, g_grad_norm=optax.tree.norm(g_grads), **g_aux)
 
         new_state = state.replace(
             step=state.step + 1,
@@ -136,13 +145,12 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         )
         metrics = dict(
             d_loss=d_total,
-            g_total=g_total,
-            d_grad_norm=optax.tree.norm(d_grads),
-            g_grad_norm=optax.tree.norm(g_grads),
+            logit_gap=d_aux["logits_real"] - d_aux["logits_fake"],
             student_t=jnp.mean(t),
             t_hat=jnp.mean(t_hat),
             **d_aux,
-            **g_aux,
+            **d_metrics,
+            **g_metrics,
         )
         return new_state, metrics
 
