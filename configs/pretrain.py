@@ -9,9 +9,13 @@ trained EMA transformer in place of the folder's.
 
 import ml_collections
 
+# The shipped toy teacher is made in two stages (launch/make_toy_world.sh): "toy" from the untrained folder on
+# 4096 renders, then "toy-continue" from that folder's weights on 16384 renders. The second stage's higher rate
+# and cosine decay are what took it from scattered specks to objects (ladd_jax/toy/assets/README.md).
 _VARIANTS = {
-    "toy": dict(batch_size=32, total_steps=3000, lr=3e-4, lr_warmup_steps=100),
-    "tiny": dict(batch_size=4, total_steps=4, lr=1e-3, lr_warmup_steps=1),
+    "toy": dict(batch_size=32, total_steps=3000, lr=3e-4, lr_warmup_steps=100, lr_decay="constant"),
+    "toy-continue": dict(batch_size=32, total_steps=10000, lr=1e-3, lr_warmup_steps=300, lr_decay="cosine"),
+    "tiny": dict(batch_size=4, total_steps=4, lr=1e-3, lr_warmup_steps=1, lr_decay="constant"),
 }
 
 
@@ -35,8 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.text_dropout = 0.1
     c.lr = v["lr"]
     c.lr_warmup_steps = v["lr_warmup_steps"]
-    # Cosine decay to 5% of lr by total_steps, so that training (and the EMA) ends on low-noise iterates.
-    c.lr_decay = "cosine"
+    # "cosine": decay to lr_final_fraction of lr by total_steps, so that training (and the EMA) ends on
+    # low-noise iterates.
+    c.lr_decay = v["lr_decay"]
     c.lr_final_fraction = 0.05
     c.b1 = 0.9
     c.b2 = 0.999

@@ -1,5 +1,6 @@
 """The toy-world demo, shortened (`ladd-jax demo --quick`): the whole system from the shipped toy checkpoints,
-with the report's structure checked and the student's 1-step FD measured against its initialisation."""
+with the report's structure checked and the 1-step student measured against its initialisation and against the
+frozen-heads control."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 
 import pytest
 
+from ladd_jax.cli import main
+from ladd_jax.errors import LaddError
 from ladd_jax.toy.demo import QUICK, DemoConfig, run_demo
 
 
@@ -17,24 +20,49 @@ def report(tmp_path_factory):
     return out
 
 
+def rows_of(report) -> dict:
+    rows = json.loads((report / "metrics.json").read_text())["rows"]
+    return {(r["model"], r["steps"], r["cfg"]): r for r in rows}
+
+
 def test_report_files_and_structure(report):
-    for name in ("report.md", "report.html", "metrics.json", "curves.png", "grid_0.png"):
+    for name in ("report.md", "report.html", "metrics.json", "curves.png", "grid_0.png", "grid_1.png"):
         assert (report / name).stat().st_size > 0, name
     metrics = json.loads((report / "metrics.json").read_text())
-    assert set(metrics) == {"rows", "seconds"} and metrics["seconds"] > 0
-    rows = {(r["model"], r["steps"], r["cfg"]): r for r in metrics["rows"]}
+    assert metrics["seconds"] > 0
+    for key in ("teacher", "student", "control"):
+        assert metrics[key].startswith("/"), key  # absolute paths of the folders used
+    rows, cfg = rows_of(report), DemoConfig().cfg
     assert {("student", n, 1.0) for n in (1, 2, 4)} <= set(rows)
-    assert {("teacher", n, QUICK_CFG) for n in (1, 2, 4, QUICK["synth_steps"])} <= set(rows)
-    for r in metrics["rows"]:
-        assert set(r) == {"model", "steps", "cfg", "fd", "alignment"}
-        assert r["fd"] >= 0 and 0 <= r["alignment"] <= 1
-    assert "| student | 1 | 1 |" in (report / "report.md").read_text()
+    assert {("control", n, 1.0) for n in (1, 2, 4)} <= set(rows)
+    assert {("teacher", n, cfg) for n in (1, 2, 4, QUICK["synth_steps"])} <= set(rows)
+    for r in rows.values():
+        for split in ("train", "test"):
+            assert r[f"fd_{split}"] >= 0 and 0 <= r[f"alignment_{split}"] <= 1
+    assert set(metrics["real_renders"]) == {"train", "test"}
+    assert metrics["targets"] and all(
+        set(t) == {"target", "split", "value", "bound", "holds"} for t in metrics["targets"]
+    )
+    md = (report / "report.md").read_text()
+    assert "| student | 1 | 1 |" in md and "| control | 1 | 1 |" in md and "What you are looking at" in md
+    logged = [json.loads(line) for line in (report / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "eval/fd_1step" in r] == [0, 6, 12]  # the curve points
+    assert all("logit_gap" in r for r in logged if "d_acc" in r)
 
 
-QUICK_CFG = DemoConfig().cfg
+def test_student_one_step_beats_its_initialisation_and_the_frozen_heads_control(report):
+    """The student starts as the teacher; the teacher's 1-step, no-CFG samples are its initial 1-step samples.
+    The control ran the same number of steps with frozen random heads."""
+    rows = rows_of(report)
+    for split in ("train", "test"):
+        student = rows[("student", 1, 1.0)][f"fd_{split}"]
+        assert student < rows[("teacher", 1, 1.0)][f"fd_{split}"], split
+        assert student < rows[("control", 1, 1.0)][f"fd_{split}"], split
 
 
-def test_student_one_step_improves_on_its_initialisation(report):
-    """The student starts as the teacher; the teacher's 1-step, no-CFG samples are its initial 1-step samples."""
-    rows = {(r["model"], r["steps"], r["cfg"]): r for r in json.loads((report / "metrics.json").read_text())["rows"]}
-    assert rows[("student", 1, 1.0)]["fd"] < rows[("teacher", 1, 1.0)]["fd"]
+def test_unwritable_output_folder_is_one_clear_error(capsys):
+    with pytest.raises(LaddError, match="cannot write the demo's output folder /proc/x"):
+        run_demo("/proc/x", DemoConfig(**QUICK))
+    assert main(["demo", "--out", "/proc/x", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the demo's output folder /proc/x" in err and "Traceback" not in err

@@ -36,7 +36,7 @@ from ladd_jax.toy.components import (
     write_toy_sd3_folder,
 )
 from ladd_jax.toy.vae import calibrate_latent_scale, reconstruction_psnr, to_model_range, train_vae, vae_loss
-from ladd_jax.toy.world import Obj, Scene, ToyWorld, render_dataset
+from ladd_jax.toy.world import Obj, Scene, ToyWorld, render_dataset, sample_scenes
 
 TOL = 1e-5
 WORLD = ToyWorld()
@@ -154,6 +154,40 @@ def test_random_text_encoders_separate_every_caption_pair(pipe):
         assert nearest > least, name
         swapped = np.linalg.norm((x[a] - x[b]).reshape(len(a), -1), axis=1)
         assert swapped.min() > least, name
+
+
+def _ridge_probe_accuracy(x: np.ndarray, labels: list[str], train: int) -> float:
+    """Held-out accuracy of a least-squares linear classifier (one-hot targets, small ridge) fit on the first
+    `train` rows."""
+    classes = sorted(set(labels))
+    y = np.eye(len(classes))[[classes.index(label) for label in labels]]
+    x = np.concatenate([x.reshape(len(x), -1), np.ones((len(x), 1))], axis=1)
+    w = np.linalg.solve(x[:train].T @ x[:train] + 1e-2 * np.eye(x.shape[1]), x[:train].T @ y[:train])
+    return float((np.argmax(x[train:] @ w, 1) == np.argmax(y[train:], 1)).mean())
+
+
+def test_a_linear_probe_reads_every_attribute_from_the_frozen_text_features(pipe):
+    """What the teacher's MMDiT must read from its random frozen encoders is there, linearly: colour, shape and
+    size of both objects, their number and relation, from the context tokens and from the pooled vector alone
+    (measured on the shipped encoders: 100% held-out for every attribute)."""
+    scenes = sample_scenes(WORLD, "train", 1500, 0)
+    captions = [s.caption() for s in scenes]
+    embeds, _, pooled, _ = pipe.encode_prompt(
+        captions, max_sequence_length=T5_MAX_LENGTH, do_classifier_free_guidance=False
+    )
+    attributes = {
+        "count": lambda s: len(s.objects),
+        "relation": lambda s: s.relation or "-",
+        **{
+            f"{a} {i}": (lambda s, a=a, i=i: getattr(s.objects[i], a) if i < len(s.objects) else "-")
+            for a in ("color", "shape", "size")
+            for i in (0, 1)
+        },
+    }
+    for name, attribute in attributes.items():
+        labels = [str(attribute(s)) for s in scenes]
+        for what, x in (("context", np.asarray(embeds)), ("pooled", np.asarray(pooled))):
+            assert _ridge_probe_accuracy(x, labels, train=1000) >= 0.98, (name, what)
 
 
 TINY_VAE = VAEConfig(
