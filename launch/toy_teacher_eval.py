@@ -1,0 +1,81 @@
+"""Measures toy teacher folders (e.g. checkpoints of a `ladd-jax pretrain` run exported along the way) the way the
+demo does: full-step Euler samples with CFG on train- and test-split prompts, FD against real renders of each
+split and alignment, plus the 1-step sample. Writes OUT.json and OUT.png (the curves over training steps).
+
+    python launch/toy_teacher_eval.py --out runs/teacher_curve step0=ladd_jax/toy/assets/teacher 2000=runs/t2000 ...
+
+Each folder argument is LABEL=FOLDER; labels that are integers are plotted as training steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ladd_jax.toy.demo import DemoConfig, Measure, Sampler
+
+
+def main() -> None:
+    from ladd_jax.pipeline import SD3Pipeline
+    from ladd_jax.toy.components import read_toy_world
+    from ladd_jax.toy.evaluator import load_evaluator, render_scenes
+    from ladd_jax.toy.world import sample_scenes
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True, help="OUT.json and OUT.png are written")
+    ap.add_argument("--prompts", type=int, default=256, help="per split")
+    ap.add_argument("folders", nargs="+", help="LABEL=FOLDER")
+    args = ap.parse_args()
+    demo = DemoConfig()
+    evaluator = load_evaluator(demo.evaluator)
+    results = {}
+    setup = {}
+    for item in args.folders:
+        label, _, folder = item.partition("=")
+        pipe = SD3Pipeline.from_pretrained(folder)
+        world = read_toy_world(folder)
+        results[label] = {}
+        for i, split in enumerate(("train", "test")):
+            scenes = sample_scenes(world, split, args.prompts, 100 + i)
+            prompts = [s.caption() for s in scenes]
+            if split not in setup:
+                real = render_scenes(world, scenes, 200 + i, "real renders")
+                measure = Measure(evaluator, split, prompts, demo.reference_images, 300 + i)
+                setup[split] = (measure, measure(real))
+            measure, floor = setup[split]
+            sampler = Sampler(pipe, prompts, list(range(len(prompts))), 16, demo.cfg)
+            full = measure(sampler.euler(demo.synth_steps, demo.cfg))
+            one = measure(sampler.few_step(pipe.transformer_params, 1, demo.cfg))
+            results[label][split] = dict(full=full, one_step=one, real=floor)
+        print(json.dumps({label: results[label]}))
+    Path(args.out + ".json").write_text(json.dumps(results, indent=1))
+    plot(results, Path(args.out + ".png"), demo)
+
+
+def plot(results: dict, path: Path, demo: DemoConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [k for k in results if k.lstrip("-").isdigit()]
+    xs = [int(k) for k in steps]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for split, style in (("train", "-"), ("test", "--")):
+        axes[0].plot(xs, [results[k][split]["full"]["alignment"] for k in steps], style, marker="o", label=split)
+        axes[1].plot(xs, [results[k][split]["full"]["fd"] for k in steps], style, marker="o", label=f"{split}")
+        axes[1].axhline(results[steps[0]][split]["real"]["fd"], ls=":", color="gray")
+    axes[0].set_title(f"teacher alignment ({demo.synth_steps} steps, CFG {demo.cfg:g})", fontsize=9)
+    axes[1].set_title("teacher FD (dotted: real-render floor)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("pretraining step (stage 2 counted after stage 1's 3000)", fontsize=8)
+        ax.legend(fontsize=8)
+    axes[1].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
