@@ -6,7 +6,8 @@
     fake   = teacher features of (1 - t_hat) x0_hat + t_hat eps_f
     D step (x d_steps): heads <- heads - grad_heads [d_loss(D(real), D(fake)) + gamma/2 R1 + w * misaligned]
                         the teacher's features enter as constants: no gradient of the teacher is computed
-    G step:             student <- student - grad_student [g_loss(D(fake(student)))  (+ lambda * distill)]
+    G step:             student <- student - grad_student [g_loss(D(fake(student)))  (+ lambda * distill)],
+                        the student's own forward pass shared with the D step (one jax.vjp)
                         the gradient reaches the student through the teacher's activations; the teacher's
                         params are closed over, so no gradient w.r.t. them exists
     EMA:                ema <- decay * ema + (1 - decay) * student
@@ -77,8 +78,12 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         def heads(disc_params: Any, feats: tuple[jax.Array, ...], p: jax.Array = pooled):
             return models.disc.apply({"params": disc_params}, feats, t_hat, p)
 
+        # The student's forward pass runs once: its output is a constant for D, and `pull_back` carries the G
+        # step's gradient w.r.t. x0_hat back to the student's params (the params do not change in between).
+        x0_hat, pull_back = jax.vjp(generate, state.student)
+        x0_fake = jax.lax.stop_gradient(x0_hat)
+
         # ---------------------------------------------------------------- D step(s): heads only, teacher constant
-        x0_fake = jax.lax.stop_gradient(generate(state.student))
         real_feats = jax.lax.stop_gradient(features(x0, eps_real, ctx, pooled))
         fake_feats = jax.lax.stop_gradient(features(x0_fake, eps_fake, ctx, pooled))
         if config.misaligned_weight:  # real latents with another sample's text: fakes with respect to that text
@@ -116,8 +121,7 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
             d_metrics["d_grad_norm"] = optax.tree.norm(d_grads)
 
         # ---------------------------------------------------------------- G step: student only, through the teacher
-        def g_objective(student_params: Any):
-            x0_hat = generate(student_params)
+        def g_objective(x0_hat: jax.Array):
             loss = g_loss(heads(disc, features(x0_hat, eps_fake, ctx, pooled)), kind)
             aux = dict(g_loss=loss)
             if config.distill_weight:  # ADD: match the teacher's denoised estimate of the re-noised sample
@@ -130,7 +134,8 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
 
         student, g_opt, g_metrics = state.student, state.g_opt, {}
         if config.train_student:  # otherwise the heads alone learn against the fixed student (a diagnostic)
-            (g_total, g_aux), g_grads = jax.value_and_grad(g_objective, has_aux=True)(student)
+            (g_total, g_aux), x0_grad = jax.value_and_grad(g_objective, has_aux=True)(x0_hat)
+            (g_grads,) = pull_back(x0_grad)
             updates, g_opt = models.g_tx.update(g_grads, g_opt, student)
             student = optax.apply_updates(student, updates)
             g_metrics = dict(g_total=g_total, g_grad_norm=optax.tree.norm(g_grads), **g_aux)
