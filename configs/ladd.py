@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lr_warmup_steps = 100
     c.lr_decay = "constant"  # or "cosine" (to lr * lr_final_fraction at total_steps)
     c.lr_final_fraction = 0.1
+    c.lr_decay_steps = ml_collections.config_dict.placeholder(int)  # the cosine's horizon; None: total_steps
     c.grad_clip = 1.0
     c.ema_decay = 0.999
 

@@ -9,14 +9,22 @@ trained EMA transformer in place of the folder's.
 
 import ml_collections
 
-# The shipped toy teacher is made in two stages (launch/make_toy_world.sh): "toy" from the untrained folder on
-# 4096 renders, then "toy-continue" from that folder's weights on 16384 renders. The second stage's higher rate
-# and cosine decay are what took it from scattered specks to objects (ladd_jax/toy/assets/README.md).
+# The shipped toy teacher is made in three stages (launch/make_toy_world.sh), each from the previous one's weights:
+#   "toy"          4096 renders, from the untrained folder: 3000 steps at 3e-4 (the teacher of earlier sessions;
+#                  its samples were scattered specks, alignment 0.02).
+#   "toy-continue" 16384 renders: 1e-3 with a cosine horizon of 10000 steps, stopped after 3000 (it was meant to
+#                  run 10000; its samples were still specks, see toy-shift).
+#   "toy-shift"    the same renders, from toy-continue's raw params (not its EMA), t ~ logit-normal(1.1, 1):
+#                  SD3's resolution shift 3 (logit(t) + log 3), so that the high-noise steps where a picture's
+#                  layout is decided are trained; the folder's scheduler samples with shift 3 too. The samples
+#                  went from specks to objects (measurements in ladd_jax/toy/assets/README.md).
 _VARIANTS = {
-    "toy": dict(batch_size=32, total_steps=3000, lr=3e-4, lr_warmup_steps=100, lr_decay="constant"),
-    "toy-continue": dict(batch_size=32, total_steps=10000, lr=1e-3, lr_warmup_steps=300, lr_decay="cosine"),
-    "tiny": dict(batch_size=4, total_steps=4, lr=1e-3, lr_warmup_steps=1, lr_decay="constant"),
+    "toy": dict(total_steps=3000, lr=3e-4, lr_warmup_steps=100, lr_decay="constant", t_mean=0.0),
+    "toy-continue": dict(total_steps=3000, lr=1e-3, lr_warmup_steps=300, lr_decay="cosine", t_mean=0.0),
+    "toy-shift": dict(total_steps=8000, lr=1e-3, lr_warmup_steps=200, lr_decay="cosine", t_mean=1.1),
+    "tiny": dict(total_steps=4, lr=1e-3, lr_warmup_steps=1, lr_decay="constant", t_mean=0.0),
 }
+_COSINE_HORIZON = {"toy-continue": 10000}  # steps of the cosine where it differs from total_steps
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -31,10 +39,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.out = ""
     c.seed = 0
     c.total_steps = v["total_steps"]
-    c.batch_size = v["batch_size"]
-    # SD3's objective: velocity v = eps - x0 at t ~ logit-normal(0, 1), text dropped to the empty prompt's
-    # embeddings (SD3 drops each encoder independently with ~46%; one joint dropout suffices for CFG here).
-    c.t_mean = 0.0
+    c.batch_size = 4 if variant == "tiny" else 32
+    # SD3's objective: velocity v = eps - x0 at t ~ logit-normal(t_mean, t_std) (SD3: (0, 1), shifted at high
+    # resolution), text dropped to the empty prompt's embeddings (SD3 drops each encoder independently with ~46%;
+    # one joint dropout suffices for CFG here).
+    c.t_mean = v["t_mean"]
     c.t_std = 1.0
     c.text_dropout = 0.1
     c.lr = v["lr"]
@@ -43,6 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # low-noise iterates.
     c.lr_decay = v["lr_decay"]
     c.lr_final_fraction = 0.05
+    c.lr_decay_steps = ml_collections.config_dict.placeholder(int)  # the cosine's horizon; None: total_steps
+    c.lr_decay_steps = _COSINE_HORIZON.get(variant, c.lr_decay_steps)
     c.b1 = 0.9
     c.b2 = 0.999
     c.weight_decay = 0.0

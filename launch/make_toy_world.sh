@@ -1,22 +1,20 @@
 #!/usr/bin/env bash
 # Rebuilds the toy world's shipped checkpoints (ladd_jax/toy/assets/): the evaluator, then an SD3-layout folder
 # with a trained VAE, tiny random-frozen text encoders and an MMDiT teacher pretrained with the rectified-flow
-# objective on VAE-encoded renders of the train split, in two stages:
-#   stage 1 (configs/pretrain.py:toy):          3000 steps of batch 32 on 4096 renders, lr 3e-4 constant
-#   stage 2 (configs/pretrain.py:toy-continue): 10000 steps of batch 32 on 16384 renders, lr 1e-3, cosine decay
-# On 2 CPU cores: evaluator ~6 min, components + renders + encoding ~5 min, stage 1 ~15 min, stage 2 ~50 min
-# (3.4 steps/s). The shipped teacher was made exactly so (stage 1 in an earlier session, stage 2 in this one).
+# objective on VAE-encoded renders of the train split, in three stages (configs/pretrain.py says why):
+#   toy           3000 steps of batch 32 on 4096 renders, lr 3e-4 constant, t ~ logit-normal(0, 1)
+#   toy-continue  3000 steps on 16384 renders, lr 1e-3 on a 10000-step cosine, t ~ logit-normal(0, 1)
+#   toy-shift     8000 steps on the same renders from toy-continue's raw params, lr 1e-3 cosine,
+#                 t ~ logit-normal(1.1, 1) (SD3's shift 3); the scheduler samples with shift 3
+# On 2 CPU cores: evaluator ~6 min, components + renders + encoding ~5 min, then 3.4 pretraining steps/s:
+# about 15 + 15 + 40 minutes. The shipped teacher was made so (stage 1 in an earlier session).
 #
 #   bash launch/make_toy_world.sh            # writes ladd_jax/toy/assets/{evaluator,teacher}
-#   WORK=/tmp/toy STAGE2_STEPS=2000 bash launch/make_toy_world.sh
+#   WORK=/tmp/toy bash launch/make_toy_world.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-runs/toy_world}
 ASSETS=ladd_jax/toy/assets
-IMAGES=${IMAGES:-4096}            # rendered train-split images of stage 1
-IMAGES2=${IMAGES2:-16384}         # rendered train-split images of stage 2
-STAGE1_STEPS=${STAGE1_STEPS:-3000}
-STAGE2_STEPS=${STAGE2_STEPS:-10000}
 mkdir -p "$WORK" "$ASSETS"
 
 render_and_encode() {  # N OUT: N train-split renders of seed 0, VAE-encoded with their captions' embeddings
@@ -28,14 +26,29 @@ write_image_folder(read_toy_world('$WORK/sd3_untrained'), 'train', $1, 0, '$WORK
     --max-sequence-length 16 --batch-size 64
 }
 
+pretrain() {  # VARIANT MODEL DATA OUT
+  ladd-jax pretrain --config "configs/pretrain.py:$1" --workdir "$WORK/$1" --config.model="$2" \
+    --config.data="$3" --config.out="$4" --config.sample_every=1000 --config.checkpoint_every=1000
+}
+
 ladd-jax toy-evaluator --out "$ASSETS/evaluator" --overwrite
 ladd-jax toy-components --out "$WORK/sd3_untrained" --overwrite
-render_and_encode "$IMAGES" "$WORK/real_$IMAGES"
-render_and_encode "$IMAGES2" "$WORK/real_$IMAGES2"
-ladd-jax pretrain --config configs/pretrain.py:toy --workdir "$WORK/stage1" \
-  --config.model="$WORK/sd3_untrained" --config.data="$WORK/real_$IMAGES" --config.out="$WORK/teacher_stage1" \
-  --config.total_steps="$STAGE1_STEPS" --config.sample_every=1000 --config.checkpoint_every=500
-ladd-jax pretrain --config configs/pretrain.py:toy-continue --workdir "$WORK/stage2" \
-  --config.model="$WORK/teacher_stage1" --config.data="$WORK/real_$IMAGES2" --config.out="$ASSETS/teacher" \
-  --config.total_steps="$STAGE2_STEPS" --config.sample_every=2000 --config.checkpoint_every=1000
+render_and_encode 4096 "$WORK/real_4096"
+render_and_encode 16384 "$WORK/real_16384"
+pretrain toy "$WORK/sd3_untrained" "$WORK/real_4096" "$WORK/teacher_toy"
+pretrain toy-continue "$WORK/teacher_toy" "$WORK/real_16384" "$WORK/teacher_toy-continue"
+# toy-shift starts from toy-continue's raw params (its EMA still averaged stage 1's weights), sampled with shift 3.
+python -c "
+import json
+from pathlib import Path
+from ladd_jax.convert.mmdit import load_mmdit
+from ladd_jax.export import export_student
+from ladd_jax.models.mmdit import abstract_params
+from ladd_jax.train.checkpoint import restore_params
+arch, _ = load_mmdit('$WORK/teacher_toy')
+params = restore_params('$WORK/toy-continue', 3000, 'params', abstract_params(arch))
+out = export_student('$WORK/teacher_toy', arch, params, '$WORK/toy-continue_params', overwrite=True)
+path = Path(out) / 'scheduler' / 'scheduler_config.json'
+path.write_text(json.dumps({**json.loads(path.read_text()), 'shift': 3.0}, indent=2))"
+pretrain toy-shift "$WORK/toy-continue_params" "$WORK/real_16384" "$ASSETS/teacher"
 du -sh "$ASSETS"/*

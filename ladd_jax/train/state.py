@@ -47,12 +47,13 @@ class Models:
 
 def optimizer(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """AdamW after global-norm clipping; a linear warm-up to `lr`, then constant (`lr_decay="constant"`) or a
-    cosine decay to `lr * lr_final_fraction` at `total_steps` (`lr_decay="cosine"`)."""
+    cosine decay to `lr * lr_final_fraction` at `lr_decay_steps` (default `total_steps`; `lr_decay="cosine"`)."""
     warmup = max(int(config.lr_warmup_steps), 1)
     if config.lr_decay == "constant":
         schedule = optax.linear_schedule(0.0, lr, warmup)
     elif config.lr_decay == "cosine":
-        decay_steps = max(int(config.total_steps) - warmup, 1)
+        horizon = config.total_steps if config.lr_decay_steps is None else config.lr_decay_steps
+        decay_steps = max(int(horizon) - warmup, 1)
         schedule = optax.warmup_cosine_decay_schedule(
             0.0, lr, warmup, warmup + decay_steps, end_value=lr * config.lr_final_fraction
         )
