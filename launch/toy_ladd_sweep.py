@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--eval-prompts", type=int, default=128)
+    ap.add_argument("--split", default="test", help="the split of the measured prompts (other scenes than the data's)")
     ap.add_argument("--run", action="append", required=True)
     args = ap.parse_args()
     out, demo = Path(args.out), DemoConfig()
@@ -72,9 +73,9 @@ def main() -> None:
         max_sequence_length=16,
         batch_size=32,
     )
-    held_out = [s.caption() for s in sample_scenes(world, "test", args.eval_prompts, 10)]
+    held_out = [s.caption() for s in sample_scenes(world, args.split, args.eval_prompts, 10)]
     sampler = Sampler(teacher, held_out, list(range(len(held_out))), 16, demo.cfg)
-    measure = Measure(evaluator, "test", held_out, demo.reference_images, 11)
+    measure = Measure(evaluator, args.split, held_out, demo.reference_images, 11)
 
     def probe(state) -> dict:
         m = measure(sampler.few_step(state.ema, 1))

@@ -1,6 +1,7 @@
 """Measures toy teacher folders (e.g. checkpoints of a `ladd-jax pretrain` run exported along the way) the way the
 demo does: full-step Euler samples with CFG on train- and test-split prompts, FD against real renders of each
-split and alignment, plus the 1-step sample. Writes OUT.json and OUT.png (the curves over training steps).
+split, alignment and the evaluator's per-attribute accuracy (count, relation axis, shape, colour, size), plus the
+1-step sample. Writes OUT.json and OUT.png (the curves over training steps).
 
     python launch/toy_teacher_eval.py --out runs/teacher_curve step0=ladd_jax/toy/assets/teacher 2000=runs/t2000 ...
 
@@ -19,7 +20,7 @@ from ladd_jax.toy.demo import DemoConfig, Measure, Sampler
 def main() -> None:
     from ladd_jax.pipeline import SD3Pipeline
     from ladd_jax.toy.components import read_toy_world
-    from ladd_jax.toy.evaluator import load_evaluator, render_scenes
+    from ladd_jax.toy.evaluator import accuracy, load_evaluator, render_scenes, scene_labels
     from ladd_jax.toy.world import sample_scenes
 
     ap = argparse.ArgumentParser()
@@ -45,7 +46,10 @@ def main() -> None:
                 setup[split] = (measure, measure(real))
             measure, floor = setup[split]
             sampler = Sampler(pipe, prompts, list(range(len(prompts))), 16, demo.cfg)
-            full = measure(sampler.euler(demo.synth_steps, demo.cfg))
+            images = sampler.euler(demo.synth_steps, demo.cfg)
+            full = measure(images)
+            truth = scene_labels(world, [s.canonical() for s in scenes])
+            full["attributes"] = accuracy(evaluator.run(images)[1], truth)  # which attribute fails
             one = measure(sampler.few_step(pipe.transformer_params, 1, demo.cfg))
             results[label][split] = dict(full=full, one_step=one, real=floor)
         print(json.dumps({label: results[label]}))
