@@ -67,7 +67,7 @@ def test_heads_alone_separate_teacher_samples_from_one_step_outputs(synth, tmp_p
     c = toy_config(
         synth,
         total_steps=HEADS_ALONE_STEPS,
-        log_every=20,
+        log_every=1,
         train_student=False,
         **{"student.timesteps": (1.0,), "student.probs": (1.0,), "student.warmup_probs": (1.0,)},
     )
@@ -75,8 +75,8 @@ def test_heads_alone_separate_teacher_samples_from_one_step_outputs(synth, tmp_p
     rows = read_metrics(tmp_path)
     accuracy = [r["d_acc"] for r in rows]
     assert "g_loss" not in rows[-1]  # no G step was taken
-    assert max(accuracy[-3:]) >= HEADS_ALONE_TARGET, accuracy
-    assert accuracy[-1] > accuracy[0] + 0.2, accuracy  # learnt, not born accurate
+    assert accuracy[0] < 0.6, accuracy[:5]  # learnt, not born accurate (the heads' logits start at zero)
+    assert np.mean(accuracy[-20:]) >= HEADS_ALONE_TARGET, accuracy[-20:]
     # The student is the teacher, untouched.
     _, meta = read_meta(tmp_path)
     from ladd_jax.convert.mmdit import load_mmdit
