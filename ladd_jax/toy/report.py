@@ -164,9 +164,10 @@ def check_targets(rows: list[dict], real: dict[str, dict]) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------- reports
 
 EXPLAINER = (
-    "**What you are looking at.** A 4-block MMDiT teacher, pretrained on renders of coloured shapes, draws what its "
-    "caption asks for in {n} Euler steps with classifier-free guidance. Asked for one step it can only draw the "
-    "average of all pictures the caption allows: a blur. LADD trains a student (initialised as the teacher) to "
+    "**What you are looking at.** A 4-block MMDiT teacher, pretrained on renders of coloured shapes, is sampled "
+    "with {n} Euler steps and classifier-free guidance (how often it draws exactly what its caption asks for: the "
+    "alignment column). Asked for one step it can only draw the average of all pictures the caption allows: a "
+    "blur. LADD trains a student (initialised as the teacher) to "
     "draw in 1-4 steps: discriminator heads on the frozen teacher's features learn to tell the teacher's samples "
     "(real) from the student's (fake), and the student follows their gradient through the teacher. The control "
     "run is identical except that its heads are frozen at a random initialisation: if the control's student "
