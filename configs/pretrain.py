@@ -53,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lr_decay = v["lr_decay"]
     c.lr_final_fraction = 0.05
     c.lr_decay_steps = ml_collections.config_dict.placeholder(int)  # the cosine's horizon; None: total_steps
-    c.lr_decay_steps = _COSINE_HORIZON.get(variant, c.lr_decay_steps)
+    if variant in _COSINE_HORIZON:
+        c.lr_decay_steps = _COSINE_HORIZON[variant]
     c.b1 = 0.9
     c.b2 = 0.999
     c.weight_decay = 0.0

@@ -134,30 +134,19 @@ def check_targets(rows: list[dict], real: dict[str, dict]) -> list[dict]:
         out.append(dict(target=name, split=split, value=value, bound=bound, holds=bool(ok)))
 
     for sp in SPLITS:
+        fd, align = (lambda r: r[f"fd_{sp}"]), (lambda r: r[f"alignment_{sp}"])
         want = 0.90 if sp == "train" else 0.60
-        target(f"teacher {n} steps alignment >= {want}", sp, teacher[f"alignment_{sp}"], want, True)
-        target(f"teacher {n} steps FD <= 3x real-render floor", sp, teacher[f"fd_{sp}"], 3 * real[sp]["fd"], False)
-        target(f"teacher 1 step FD >= 3x its {n}-step FD", sp, t1[f"fd_{sp}"], 3 * teacher[f"fd_{sp}"], True)
-        target("student 1 step FD <= 1.5x teacher's", sp, s1[f"fd_{sp}"], 1.5 * teacher[f"fd_{sp}"], False)
-        target(
-            "student 1 step alignment >= teacher's - 0.10",
-            sp,
-            s1[f"alignment_{sp}"],
-            teacher[f"alignment_{sp}"] - 0.10,
-            True,
-        )
-        target("student 1 step FD <= 0.5x teacher 1 step CFG", sp, s1[f"fd_{sp}"], 0.5 * t1[f"fd_{sp}"], False)
+        target(f"teacher {n} steps alignment >= {want}", sp, align(teacher), want, True)
+        target(f"teacher {n} steps FD <= 3x real-render floor", sp, fd(teacher), 3 * real[sp]["fd"], False)
+        target(f"teacher 1 step FD >= 3x its {n}-step FD", sp, fd(t1), 3 * fd(teacher), True)
+        target("student 1 step FD <= 1.5x teacher's", sp, fd(s1), 1.5 * fd(teacher), False)
+        target("student 1 step alignment >= teacher's - 0.10", sp, align(s1), align(teacher) - 0.10, True)
+        target("student 1 step FD <= 0.5x teacher 1 step CFG", sp, fd(s1), 0.5 * fd(t1), False)
         if s4 is not None:
-            target("student 4 steps FD <= 1.2x teacher's", sp, s4[f"fd_{sp}"], 1.2 * teacher[f"fd_{sp}"], False)
-            target(
-                "student 4 steps alignment >= teacher's - 0.05",
-                sp,
-                s4[f"alignment_{sp}"],
-                teacher[f"alignment_{sp}"] - 0.05,
-                True,
-            )
+            target("student 4 steps FD <= 1.2x teacher's", sp, fd(s4), 1.2 * fd(teacher), False)
+            target("student 4 steps alignment >= teacher's - 0.05", sp, align(s4), align(teacher) - 0.05, True)
         if c1 is not None:
-            target("frozen-heads control 1 step FD >= 1.25x student's", sp, c1[f"fd_{sp}"], 1.25 * s1[f"fd_{sp}"], True)
+            target("frozen-heads control 1 step FD >= 1.25x student's", sp, fd(c1), 1.25 * fd(s1), True)
     return out
 
 
