@@ -134,7 +134,7 @@ def check_targets(rows: list[dict], real: dict[str, dict]) -> list[dict]:
         out.append(dict(target=name, split=split, value=value, bound=bound, holds=bool(ok)))
 
     for sp in SPLITS:
-        fd, align = (lambda r: r[f"fd_{sp}"]), (lambda r: r[f"alignment_{sp}"])
+        fd, align = (lambda r, sp=sp: r[f"fd_{sp}"]), (lambda r, sp=sp: r[f"alignment_{sp}"])
         want = 0.90 if sp == "train" else 0.60
         target(f"teacher {n} steps alignment >= {want}", sp, align(teacher), want, True)
         target(f"teacher {n} steps FD <= 3x real-render floor", sp, fd(teacher), 3 * real[sp]["fd"], False)
