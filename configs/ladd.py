@@ -80,6 +80,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dtype = v["dtype"]  # compute dtype of teacher, student and heads; params stay float32
     c.teacher_dtype = "float32"  # the frozen teacher's params on device (bfloat16 halves its memory)
     c.remat_policy = v["remat_policy"]
+    # Teacher and student alike: None lets jax choose (cuDNN flash on GPUs that have it); "blockwise" never holds
+    # the [L, L] attention matrix (any accelerator, and honest XLA:CPU memory plans for `ladd-jax aot`).
+    c.attention_impl = ml_collections.config_dict.placeholder(str)
+    c.attention_block_size = 512
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     # Loop.

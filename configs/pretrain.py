@@ -18,10 +18,13 @@ import ml_collections
 #                  SD3's resolution shift 3 (logit(t) + log 3), so that the high-noise steps where a picture's
 #                  layout is decided are trained; the folder's scheduler samples with shift 3 too. The samples
 #                  went from specks to objects (measurements in ladd_jax/toy/assets/README.md).
+#   "toy-refine"   the same renders and t, from toy-shift's raw params, a second cosine at half the peak rate:
+#                  toy-shift's alignment and shape accuracy were still rising when its rate had decayed.
 _VARIANTS = {
     "toy": dict(total_steps=3000, lr=3e-4, lr_warmup_steps=100, lr_decay="constant", t_mean=0.0),
     "toy-continue": dict(total_steps=3000, lr=1e-3, lr_warmup_steps=300, lr_decay="cosine", t_mean=0.0),
     "toy-shift": dict(total_steps=8000, lr=1e-3, lr_warmup_steps=200, lr_decay="cosine", t_mean=1.1),
+    "toy-refine": dict(total_steps=12000, lr=5e-4, lr_warmup_steps=200, lr_decay="cosine", t_mean=1.1),
     "tiny": dict(total_steps=4, lr=1e-3, lr_warmup_steps=1, lr_decay="constant", t_mean=0.0),
 }
 _COSINE_HORIZON = {"toy-continue": 10000}  # steps of the cosine where it differs from total_steps
@@ -62,6 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ema_decay = 0.999
     c.dtype = "float32"
     c.remat_policy = "none"
+    c.attention_impl = ml_collections.config_dict.placeholder(str)  # None, "xla", "cudnn" or "blockwise"
+    c.attention_block_size = 512
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.log_every = 50
     c.checkpoint_every = 1000

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=7.0, help="pipeline: classifier-free guidance scale")
     p.add_argument("--no-torch", action="store_true", help="skip the diffusers PyTorch comparison")
     p.add_argument("--remat", default="none", help="remat policy of the Flax model")
-    p.add_argument("--attention", default=None, help="jax.nn.dot_product_attention implementation (xla, cudnn)")
+    p.add_argument("--attention", default=None, choices=("xla", "cudnn", "blockwise"), help="attention implementation")
     p.set_defaults(fn=_bench)
     from ladd_jax.data.encode_real import add_encode_real_parser
     from ladd_jax.data.records_command import add_records_parser

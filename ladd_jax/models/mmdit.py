@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ladd_jax.errors import LaddError
+from ladd_jax.models.attention import DEFAULT_BLOCK_SIZE, IMPLEMENTATIONS, attention
 
 _DIFFUSERS_FIELDS = (
     "sample_size",
@@ -62,7 +63,10 @@ class MMDiTConfig:
     # Computation only; not part of the checkpoint.
     dtype: str = "float32"  # activations and matmuls; params stay fp32
     remat_policy: str = "none"  # "none", "full", or a jax.checkpoint_policies name, e.g. "dots_saveable"
-    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation: None, "xla", "cudnn"
+    # None, "xla", "cudnn" (jax.nn.dot_product_attention) or "blockwise" (models/attention.py: never holds the
+    # [L, L] matrix, for accelerators without cuDNN and for honest XLA:CPU memory plans).
+    attention_impl: str | None = None
+    attention_block_size: int = DEFAULT_BLOCK_SIZE  # "blockwise" only: queries and keys per block
 
     def __post_init__(self):
         object.__setattr__(self, "dual_attention_layers", tuple(int(i) for i in self.dual_attention_layers))
@@ -76,6 +80,12 @@ class MMDiTConfig:
         bad = [i for i in self.dual_attention_layers if not 0 <= i < self.num_layers]
         if bad:
             raise LaddError(f"dual_attention_layers {bad} are outside 0..{self.num_layers - 1}")
+        if self.attention_impl not in IMPLEMENTATIONS:
+            raise LaddError(
+                f"attention_impl={self.attention_impl!r}: choose one of {', '.join(map(str, IMPLEMENTATIONS))}"
+            )
+        if self.attention_block_size < 1:
+            raise LaddError(f"attention_block_size must be positive, got {self.attention_block_size}")
         if self.remat_policy not in ("none", "full") and not hasattr(jax.checkpoint_policies, self.remat_policy):
             raise LaddError(f"remat_policy={self.remat_policy!r}: use 'none', 'full' or a jax.checkpoint_policies name")
 
@@ -258,7 +268,7 @@ class Attention(nn.Module):
             q = jnp.concatenate([q, self._heads("add_q_proj", "norm_added_q", ctx)], axis=1)
             k = jnp.concatenate([k, self._heads("add_k_proj", "norm_added_k", ctx)], axis=1)
             v = jnp.concatenate([v, self._heads("add_v_proj", None, ctx)], axis=1)
-        out = jax.nn.dot_product_attention(q, k, v, implementation=cfg.attention_impl)
+        out = attention(q, k, v, cfg.attention_impl, cfg.attention_block_size)
         out = out.reshape(*out.shape[:2], cfg.hidden_size)
         x_out = _dense(cfg.hidden_size, cfg.dtype, "to_out")(out[:, :n])
         ctx_out = _dense(cfg.hidden_size, cfg.dtype, "to_add_out")(out[:, n:]) if self.context_out else None

@@ -31,7 +31,7 @@ from ladd_jax.train import sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from ladd_jax.train.loop import FIELDS, make_loader, require_folder
 from ladd_jax.train.runner import report_compiled, resume_or_init, run_steps
-from ladd_jax.train.state import optimizer
+from ladd_jax.train.state import compute_fields, optimizer
 
 
 @flax.struct.dataclass
@@ -89,7 +89,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     mesh = sharding.make_mesh(**config.mesh)
     loader = make_loader(config, mesh)
     arch, host = load_mmdit(folder)
-    model = MMDiT(dataclasses.replace(arch, dtype=config.dtype, remat_policy=config.remat_policy))
+    model = MMDiT(dataclasses.replace(arch, **compute_fields(config)))
     tx = optimizer(config.lr, config)
 
     pipe = SD3Pipeline.from_pretrained(folder)

@@ -82,8 +82,18 @@ def disc_config(config: ml_collections.ConfigDict, teacher_layers: int) -> Discr
     )
 
 
+def compute_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The MMDiTConfig fields that say how a training config computes the model (not what the model is)."""
+    return dict(
+        dtype=config.dtype,
+        remat_policy=config.remat_policy,
+        attention_impl=config.attention_impl,
+        attention_block_size=config.attention_block_size,
+    )
+
+
 def make_models(config: ml_collections.ConfigDict, teacher: MMDiTConfig, student: MMDiTConfig) -> Models:
-    compute = dict(dtype=config.dtype, remat_policy=config.remat_policy)
+    compute = compute_fields(config)
     return Models(
         teacher=MMDiT(dataclasses.replace(teacher, **compute)),
         student=MMDiT(dataclasses.replace(student, **compute)),
