@@ -3,7 +3,8 @@
     ladd-jax train --config configs/ladd.py:VARIANT --workdir W [--config.key=value ...]
                [--coordinator_address host:port --num_processes N --process_id I]   (else auto-detected)
     ladd-jax pretrain --config configs/pretrain.py:toy --workdir W --config.model=DIR --config.data=DIR
-    ladd-jax aot --config configs/ladd.py:sd3-medium --preset sd3-medium --devices 8 [--config.key=value ...]
+    ladd-jax aot --config configs/ladd.py:sd3-medium --preset sd3-medium --devices 8 [--resolution 1024]
+               [--device-memory 80GB] [--json] [--config.key=value ...]
     ladd-jax export --workdir W --out DIR [--ema] [--step N] [--dtype bfloat16] [--overwrite]
 
 `--config` and its `--config.key=value` overrides are ml_collections config flags (absl), so they are parsed
@@ -74,15 +75,24 @@ def run_aot(args: argparse.Namespace, rest: Sequence[str]) -> None:
             "preset": ("string", "sd3-medium", "the teacher architecture: an MMDiT preset"),
             "devices": ("integer", 8, "simulated CPU devices of the abstract mesh"),
             "resolution": ("integer", 1024, "image side in pixels"),
+            "device_memory": ("string", None, "e.g. 80GB: say whether the step fits and search the largest batch"),
+            "json": ("boolean", False, "print the report as one JSON line"),
         },
     )
     # Simulated devices exist only if XLA is told before JAX starts: `ladd-jax aot` is its own process.
     os.environ["XLA_FLAGS"] = (
         f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={values.devices}"
     )
-    from ladd_jax.train.aot import aot_report
+    import json
 
-    print(aot_report(values.config, values.preset, values.resolution))
+    from ladd_jax.models.mmdit import MMDiTConfig
+    from ladd_jax.train.aot import aot_report, format_report
+    from ladd_jax.train.memory import parse_device_memory
+
+    memory = parse_device_memory(values.device_memory) if values.device_memory else None
+    teacher = MMDiTConfig.preset(values.preset)
+    report = aot_report(values.config, teacher, values.resolution, memory, name=values.preset)
+    print(json.dumps(report) if values.json else format_report(report))
 
 
 def run_export(args: argparse.Namespace, rest: Sequence[str]) -> None:
