@@ -275,6 +275,14 @@ class Attention(nn.Module):
         return x_out, ctx_out
 
 
+def constrain_tokens(x: jax.Array) -> jax.Array:
+    """Pins a [B, L, D] activation's batch axis to the mesh axes that flax's logical rules give "activation_batch"
+    (train/sharding.py sets them while a sharded step is traced; without them this is a no-op). Without it XLA's
+    propagation inside the scanned blocks may follow the FSDP-sharded weights and keep whole-batch activations
+    on every device."""
+    return nn.with_logical_constraint(x, ("activation_batch", None, None))
+
+
 class JointBlock(nn.Module):
     """One MMDiT block; a scan body: (carry=(x, ctx), temb) -> (carry, image features or None)."""
 
@@ -286,7 +294,7 @@ class JointBlock(nn.Module):
     @nn.compact
     def __call__(self, carry: tuple[jax.Array, jax.Array], temb: jax.Array):
         cfg = self.config
-        x, ctx = carry
+        x, ctx = (constrain_tokens(a) for a in carry)
         dim, dt = cfg.hidden_size, cfg.dtype
         mods = Modulation(9 if self.dual_attention else 6, dim, dt, name="norm1")(temb)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]

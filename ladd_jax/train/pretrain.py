@@ -128,7 +128,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sharding = {f: sharding.batch_sharding(mesh, len(loader.element_spec[f][0]) + 1) for f in FIELDS}
     step = jax.jit(
-        make_pretrain_step(config, model, tx, mesh),
+        sharding.sharded_trace(make_pretrain_step(config, model, tx, mesh), mesh),
         in_shardings=(state_sharding, replicated, replicated, batch_sharding, replicated),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),

@@ -12,11 +12,14 @@ param, batch and constraint shardings given here.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -118,6 +121,26 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Mapping[str, Sequence[str]] | N
 def batch_size_multiple(mesh: Mesh, rules: Mapping[str, Sequence[str]] | None = None) -> int:
     """The global batch must be a multiple of this (the devices the batch axis is split over)."""
     return int(np.prod([mesh.shape[a] for a in {**LOGICAL_RULES, **(rules or {})}["batch"]]))
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh, rules: Mapping[str, Sequence[str]] | None = None) -> Iterator[None]:
+    """While a step is traced: the models' logical activation constraints ("activation_batch") map to the batch
+    rule's mesh axes of `mesh`."""
+    axes = tuple(a for a in {**LOGICAL_RULES, **(rules or {})}["batch"] if mesh.shape[a] > 1) or None
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules((("activation_batch", axes),)):
+        yield
+
+
+def sharded_trace(fn: Callable, mesh: Mesh) -> Callable:
+    """`fn` traced under `activation_rules(mesh)` (wrap a step before jax.jit)."""
+
+    @functools.wraps(fn)
+    def traced(*args: Any) -> Any:
+        with activation_rules(mesh):
+            return fn(*args)
+
+    return traced
 
 
 def constrain_batch(x: jax.Array, mesh: Mesh) -> jax.Array:

@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from ladd_jax.flow import add_noise, denoise, sample_logit_normal, shift_sigma
 from ladd_jax.train.losses import d_accuracy, d_loss_parts, distill_loss, g_loss, r1_penalty
-from ladd_jax.train.sharding import constrain_batch
+from ladd_jax.train.sharding import constrain_batch, sharded_trace
 from ladd_jax.train.state import Models, TrainState
 
 Batch = dict[str, jax.Array]
@@ -166,7 +166,7 @@ def jit_train_step(step_fn: StepFn, state_sharding: Any, teacher_sharding: Any, 
     """jax.jit with explicit shardings; the state is donated (updated in place), the teacher never is."""
     replicated = NamedSharding(mesh, P())
     return jax.jit(
-        step_fn,
+        sharded_trace(step_fn, mesh),
         in_shardings=(state_sharding, teacher_sharding, batch_sharding, replicated),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
