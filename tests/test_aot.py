@@ -5,6 +5,10 @@ largest-batch search."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 from conftest import TINY_MMDIT
@@ -75,3 +79,29 @@ def test_device_memory_and_resolution_errors():
             parse_device_memory(bad)
     with pytest.raises(LaddError, match="multiple of 16"):
         aot_report(_config(), TEACHER, 100)
+
+
+FSDP_SCRIPT = """
+import json, sys
+sys.path.insert(0, "tests")
+from conftest import TINY_MMDIT
+from configs.ladd import get_config
+from ladd_jax.models.mmdit import MMDiTConfig
+from ladd_jax.train.aot import compile_plan
+c = get_config("tiny")
+c.batch_size, c.max_sequence_length, c.mesh.data, c.mesh.fsdp = 8, 8, 1, 8
+teacher = MMDiTConfig(**{**TINY_MMDIT, "num_layers": 2, "attention_head_dim": 16, "caption_projection_dim": 32})
+print(json.dumps(compile_plan(c, teacher, 96, buffers=10**6)["largest_buffers"]))
+"""
+
+
+def test_fsdp_plan_keeps_each_devices_share_of_the_batch():
+    """FSDP over 8 simulated devices, global batch 8: no value in the per-device program has the whole batch with
+    the 121 tokens (36 image + 85 text) of the blocks. Without the activation constraint inside the scanned blocks
+    XLA's propagation followed the sharded weights and planned 106 such values (whole-batch attention included)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", FSDP_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    buffers = json.loads(out.stdout.strip().splitlines()[-1])
+    whole_batch = [b for b in buffers if re.match(r"\w+\[8,(.*,)?121(,|\])", b["value"])]
+    assert not whole_batch, whole_batch[:5]
