@@ -284,17 +284,33 @@ def constrain_tokens(x: jax.Array) -> jax.Array:
 
 
 class JointBlock(nn.Module):
-    """One MMDiT block; a scan body: (carry=(x, ctx), temb) -> (carry, image features or None)."""
+    """One MMDiT block as a scan body: ((x, ctx, features), slot, temb) -> ((x, ctx, features), None).
+
+    `features` [n + 1, B, L, D] holds the image-token outputs of the blocks asked for: this block writes its
+    output into row `slot` (row n, a scratch row, when it is not asked for). A carried buffer instead of a scan
+    output keeps n block outputs, not one per block of the run. The block itself (`block`) is rematerialised
+    per `config.remat_policy`; the buffer update is outside the remat, so the buffer is never saved per block.
+    """
 
     config: MMDiTConfig
     dual_attention: bool
     context_pre_only: bool
-    collect: bool  # return the block's image-token output as a scan output
+
+    def __call__(self, carry: tuple[jax.Array, jax.Array, jax.Array], slot: jax.Array, temb: jax.Array):
+        x, ctx, features = carry
+        cfg = self.config
+        compute = JointBlock.block
+        if cfg.remat_policy != "none":
+            policy = None if cfg.remat_policy == "full" else getattr(jax.checkpoint_policies, cfg.remat_policy)
+            compute = nn.remat(compute, policy=policy, prevent_cse=False)
+        x, ctx = compute(self, constrain_tokens(x), constrain_tokens(ctx), temb)
+        if features.shape[0]:  # a zero-row buffer: this run collects nothing
+            features = jax.lax.dynamic_update_index_in_dim(features, x.astype(features.dtype), slot, 0)
+        return (x, ctx, features), None
 
     @nn.compact
-    def __call__(self, carry: tuple[jax.Array, jax.Array], temb: jax.Array):
+    def block(self, x: jax.Array, ctx: jax.Array, temb: jax.Array) -> tuple[jax.Array, jax.Array]:
         cfg = self.config
-        x, ctx = (constrain_tokens(a) for a in carry)
         dim, dt = cfg.hidden_size, cfg.dtype
         mods = Modulation(9 if self.dual_attention else 6, dim, dt, name="norm1")(temb)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
@@ -324,14 +340,7 @@ class JointBlock(nn.Module):
             ctx = ctx + c_gate_msa[:, None] * ctx_attn
             ff_ctx = FeedForward(dim, dt, name="ff_context")(modulate(layer_norm(ctx), c_shift_mlp, c_scale_mlp))
             ctx = ctx + c_gate_mlp[:, None] * ff_ctx
-        return (x, ctx), (x if self.collect else None)
-
-
-def _block_class(config: MMDiTConfig):
-    if config.remat_policy == "none":
-        return JointBlock
-    policy = None if config.remat_policy == "full" else getattr(jax.checkpoint_policies, config.remat_policy)
-    return nn.remat(JointBlock, policy=policy, prevent_cse=False)
+        return x, ctx
 
 
 class MMDiT(nn.Module):
@@ -364,27 +373,20 @@ class MMDiT(nn.Module):
         temb = temb + MLPEmbed(dim, dt, name="text_embed")(pooled)
         ctx = _dense(dim, dt, "context_embedder")(context)
 
-        feats, carry = [], (tokens, ctx)
-        block = _block_class(cfg)
+        wanted = sorted(set(feature_layers))
+        features = jnp.zeros((len(wanted) + 1 if wanted else 0, b, h * w, dim), tokens.dtype)
+        slots = jnp.asarray([wanted.index(i) if i in wanted else len(wanted) for i in range(cfg.num_layers)])
         tags = cfg.layer_tags()
         for name, start, stop in cfg.block_groups():
-            collect = any(start <= i < stop for i in feature_layers)
             scan = nn.scan(
-                block,
+                JointBlock,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=nn.broadcast,
+                in_axes=(0, nn.broadcast),
                 length=stop - start,
             )
-            carry, ys = scan(
-                cfg,
-                "dual_attention" in tags[start],
-                "context_pre_only" in tags[start],
-                collect,
-                name=name,
-            )(carry, temb)
-            feats.append(ys if collect else None)
-        tokens = carry[0]
+            block = scan(cfg, "dual_attention" in tags[start], "context_pre_only" in tags[start], name=name)
+            (tokens, ctx, features), _ = block((tokens, ctx, features), slots[start:stop], temb)
 
         scale, shift = Modulation(2, dim, dt, name="norm_out")(temb)  # diffusers' order
         out = _dense(p * p * cfg.out_channels, dt, "proj_out")(modulate(layer_norm(tokens), shift, scale))
@@ -392,14 +394,7 @@ class MMDiT(nn.Module):
         out = out.reshape(b, height, width, cfg.out_channels).astype(jnp.float32)
         if not feature_layers:
             return out
-        return out, tuple(_layer_feature(cfg, feats, i).reshape(b, h, w, dim) for i in feature_layers)
-
-
-def _layer_feature(cfg: MMDiTConfig, feats: list, layer: int) -> jax.Array:
-    for (_, start, stop), ys in zip(cfg.block_groups(), feats, strict=True):
-        if start <= layer < stop:
-            return ys[layer - start]
-    raise AssertionError(layer)
+        return out, tuple(features[wanted.index(i)].reshape(b, h, w, dim) for i in feature_layers)
 
 
 def init_params(config: MMDiTConfig, rng: jax.Array, latent_hw: tuple[int, int] | None = None) -> dict:
