@@ -78,8 +78,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Computation and sharding.
     c.dtype = v["dtype"]  # compute dtype of teacher, student and heads; params stay float32
-    c.teacher_dtype = "float32"  # the frozen teacher's params on device (bfloat16 halves its memory)
-    c.remat_policy = v["remat_policy"]
+    # The frozen teacher's params on device: bfloat16 at SD3 sizes halves its memory (it is never updated, and
+    # its matmuls run in bfloat16 anyway); float32 for the small variants, whose tests compare exact numbers.
+    c.teacher_dtype = "float32" if small else "bfloat16"
+    c.remat_policy = v["remat_policy"]  # the student's blocks
+    # The teacher's blocks (the G step backpropagates through them); None: the same as remat_policy.
+    c.teacher_remat_policy = ml_collections.config_dict.placeholder(str)
     # Teacher and student alike: None lets jax choose (cuDNN flash on GPUs that have it); "blockwise" never holds
     # the [L, L] attention matrix (any accelerator, and honest XLA:CPU memory plans for `ladd-jax aot`).
     c.attention_impl = ml_collections.config_dict.placeholder(str)

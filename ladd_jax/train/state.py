@@ -82,21 +82,21 @@ def disc_config(config: ml_collections.ConfigDict, teacher_layers: int) -> Discr
     )
 
 
-def compute_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The MMDiTConfig fields that say how a training config computes the model (not what the model is)."""
+def compute_fields(config: ml_collections.ConfigDict, remat_policy: str | None = None) -> dict[str, Any]:
+    """The MMDiTConfig fields that say how a training config computes the model (not what the model is);
+    `remat_policy` overrides the config's."""
     return dict(
         dtype=config.dtype,
-        remat_policy=config.remat_policy,
+        remat_policy=remat_policy or config.remat_policy,
         attention_impl=config.attention_impl,
         attention_block_size=config.attention_block_size,
     )
 
 
 def make_models(config: ml_collections.ConfigDict, teacher: MMDiTConfig, student: MMDiTConfig) -> Models:
-    compute = compute_fields(config)
     return Models(
-        teacher=MMDiT(dataclasses.replace(teacher, **compute)),
-        student=MMDiT(dataclasses.replace(student, **compute)),
+        teacher=MMDiT(dataclasses.replace(teacher, **compute_fields(config, config.teacher_remat_policy))),
+        student=MMDiT(dataclasses.replace(student, **compute_fields(config))),
         disc=Discriminator(disc_config(config, teacher.num_layers)),
         g_tx=optimizer(config.g_lr, config),
         d_tx=optimizer(config.d_lr, config),
