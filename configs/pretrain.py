@@ -9,7 +9,7 @@ trained EMA transformer in place of the folder's.
 
 import ml_collections
 
-# The shipped toy teacher is made in three stages (launch/make_toy_world.sh), each from the previous one's weights:
+# The shipped toy teacher is made in four stages (launch/make_toy_world.sh), each from the previous one's weights:
 #   "toy"          4096 renders, from the untrained folder: 3000 steps at 3e-4 (the teacher of earlier sessions;
 #                  its samples were scattered specks, alignment 0.02).
 #   "toy-continue" 16384 renders: 1e-3 with a cosine horizon of 10000 steps, stopped after 3000 (it was meant to

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Rebuilds the toy world's shipped checkpoints (ladd_jax/toy/assets/): the evaluator, then an SD3-layout folder
 # with a trained VAE, tiny random-frozen text encoders and an MMDiT teacher pretrained with the rectified-flow
-# objective on VAE-encoded renders of the train split, in three stages (configs/pretrain.py says why):
+# objective on VAE-encoded renders of the train split, in four stages (configs/pretrain.py says why):
 #   toy           3000 steps of batch 32 on 4096 renders, lr 3e-4 constant, t ~ logit-normal(0, 1)
 #   toy-continue  3000 steps on 16384 renders, lr 1e-3 on a 10000-step cosine, t ~ logit-normal(0, 1)
 #   toy-shift     8000 steps on the same renders from toy-continue's raw params, lr 1e-3 cosine,
 #                 t ~ logit-normal(1.1, 1) (SD3's shift 3); the scheduler samples with shift 3
+#   toy-refine    12000 steps on the same renders from toy-shift's raw params, lr 5e-4 cosine, the same t
 # On 2 CPU cores: evaluator ~6 min, components + renders + encoding ~5 min, then 3.4 pretraining steps/s:
-# about 15 + 15 + 40 minutes. The shipped teacher was made so (stage 1 in an earlier session).
+# about 15 + 15 + 40 + 60 minutes. The shipped teacher was made so (stage 1 in an earlier session).
 #
 #   bash launch/make_toy_world.sh            # writes ladd_jax/toy/assets/{evaluator,teacher}
 #   WORK=/tmp/toy bash launch/make_toy_world.sh
@@ -37,8 +38,8 @@ render_and_encode 4096 "$WORK/real_4096"
 render_and_encode 16384 "$WORK/real_16384"
 pretrain toy "$WORK/sd3_untrained" "$WORK/real_4096" "$WORK/teacher_toy"
 pretrain toy-continue "$WORK/teacher_toy" "$WORK/real_16384" "$WORK/teacher_toy-continue"
-# toy-shift starts from toy-continue's raw params (its EMA still averaged stage 1's weights), sampled with shift 3.
-python -c "
+export_params() {  # WORKDIR STEP OUT: a stage's raw params (not its EMA) as a folder the next stage starts from
+  python -c "
 import json
 from pathlib import Path
 from ladd_jax.convert.mmdit import load_mmdit
@@ -46,9 +47,16 @@ from ladd_jax.export import export_student
 from ladd_jax.models.mmdit import abstract_params
 from ladd_jax.train.checkpoint import restore_params
 arch, _ = load_mmdit('$WORK/teacher_toy')
-params = restore_params('$WORK/toy-continue', 3000, 'params', abstract_params(arch))
-out = export_student('$WORK/teacher_toy', arch, params, '$WORK/toy-continue_params', overwrite=True)
+params = restore_params('$1', $2, 'params', abstract_params(arch))
+out = export_student('$WORK/teacher_toy', arch, params, '$3', overwrite=True)
 path = Path(out) / 'scheduler' / 'scheduler_config.json'
 path.write_text(json.dumps({**json.loads(path.read_text()), 'shift': 3.0}, indent=2))"
-pretrain toy-shift "$WORK/toy-continue_params" "$WORK/real_16384" "$ASSETS/teacher"
+}
+
+# toy-shift starts from toy-continue's raw params (its EMA still averaged stage 1's weights), sampled with shift 3;
+# toy-refine from toy-shift's raw params.
+export_params "$WORK/toy-continue" 3000 "$WORK/toy-continue_params"
+pretrain toy-shift "$WORK/toy-continue_params" "$WORK/real_16384" "$WORK/teacher_toy-shift"
+export_params "$WORK/toy-shift" 8000 "$WORK/toy-shift_params"
+pretrain toy-refine "$WORK/toy-shift_params" "$WORK/real_16384" "$ASSETS/teacher"
 du -sh "$ASSETS"/*
