@@ -69,6 +69,8 @@ def run_pretrain(args: argparse.Namespace, rest: Sequence[str]) -> None:
 
 
 def run_aot(args: argparse.Namespace, rest: Sequence[str]) -> None:
+    # absl flag names cannot hold a dash; accept the dashed spelling the other commands use.
+    rest = [a.replace("--device-memory", "--device_memory", 1) if a.startswith("--device-memory") else a for a in rest]
     values = _config_flags(
         rest,
         {
