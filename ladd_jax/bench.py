@@ -4,15 +4,23 @@
 config and the same device (the CPU here), with achieved TFLOP/s and, on a GPU, MFU.
 `pipeline`: seconds per image of `SD3Pipeline` (text encoders, sampler with CFG, VAE decode) beside diffusers'
 `StableDiffusion3Pipeline` on the same local folder, resolution, sampling steps and guidance scale.
+`ladd`: one LADD step (ladd_jax/train/steps.py) jitted, beside its PyTorch reference (ladd_jax/torch_ref) eager and
+torch.compile'd, on the same MMDiT, heads, batch and draws, with achieved TFLOP/s and, on a GPU in bfloat16, MFU.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import functools
+import importlib.util
 import json
+import math
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -215,13 +223,237 @@ def _torch_pipeline(folder: str, dtype: str, prompts: list[str], call: dict, ste
     }
 
 
-BENCHES = {"mmdit": bench_mmdit, "pipeline": bench_pipeline}
+def jaxpr_flops(jaxpr: Any) -> float:
+    """Matmul and convolution FLOPs (2 per multiply-add) of a traced function, a scan's body counted `length` times.
+
+    Why not XLA's cost analysis of the compiled step: it counts a while loop's body once, and the MMDiT's blocks
+    are a scan (measured: half the FLOPs of the 4-block SMALL forward). A while loop (unknown trip count) counts
+    once here too, a cond its costliest branch.
+    """
+    total = 0.0
+    for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lhs_contracting, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lhs_contracting)
+        elif name == "conv_general_dilated":  # each output: (in features / groups) x kernel window multiply-adds
+            rhs = eqn.invars[1].aval.shape
+            window = math.prod(rhs) / rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * window
+        else:
+            subs = [jaxpr_flops(j) for j in _sub_jaxprs(eqn.params)]
+            if name == "cond":
+                total += max(subs, default=0.0)
+            else:
+                total += eqn.params["length"] * sum(subs) if name == "scan" else sum(subs)
+    return total
+
+
+def _sub_jaxprs(params: dict) -> list:
+    from jax.extend.core import ClosedJaxpr, Jaxpr
+
+    found = []
+    for value in params.values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, (ClosedJaxpr, Jaxpr)):
+                found.append(v)
+    return found
+
+
+def load_ladd_config(spec: str) -> Any:
+    """`PATH:VARIANT` of a LADD config file (configs/ladd.py:tiny), as `ladd-jax train --config` reads it."""
+    path, _, variant = spec.partition(":")
+    if not Path(path).is_file():
+        raise LaddError(f"--config {spec}: no file {path}; run from the repository root or give PATH:VARIANT")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    try:
+        return module.get_config(variant or None)
+    except ValueError as e:
+        raise LaddError(f"--config {spec}: {e}") from None
+
+
+def bench_ladd(args: argparse.Namespace) -> dict:
+    """The jitted LADD train step and `make_step_gradients` (the step without its updates: what the PyTorch
+    reference computes, so `torch_*_over_jax` compares equal work), beside the reference eager and compiled.
+    PyTorch runs first: XLA keeps the GPU memory it once used, PyTorch's caching allocator gives it back."""
+    from ladd_jax.models.discriminator import init_discriminator
+    from ladd_jax.train import sharding
+    from ladd_jax.train.loop import DTYPES
+    from ladd_jax.train.state import init_state, make_models
+    from ladd_jax.train.steps import jit_train_step, make_step_gradients, make_train_step, step_draws
+
+    config = load_ladd_config(args.config)
+    config.dtype, config.remat_policy, config.attention_impl = args.dtype or "float32", args.remat, args.attention
+    teacher = MMDiTConfig.preset(args.preset) if args.preset else SMALL
+    res, batch = args.resolution or 256, args.batch or 2
+    if res % (8 * teacher.patch_size):
+        raise LaddError(f"--resolution {res} is not a multiple of {8 * teacher.patch_size} (VAE factor x patch size)")
+    if args.steps < 1:
+        raise LaddError(f"--steps {args.steps} must be at least 1")
+    if config.teacher_dtype == "bfloat16" and config.dtype != "bfloat16" and not args.no_torch:
+        raise LaddError("a bfloat16 teacher (config teacher_dtype) needs --dtype bfloat16 for the PyTorch reference")
+    hw = res // 8
+    models = make_models(config, teacher, teacher)
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])  # one device, as the PyTorch side
+    key = jax.random.key(0)
+    rng = np.random.default_rng(0)
+    shapes = dict(
+        latent=(batch, hw, hw, teacher.in_channels),
+        context=(batch, CONTEXT_LEN, teacher.joint_attention_dim),
+        pooled=(batch, teacher.pooled_projection_dim),
+    )
+    data = {k: rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()}
+    draws = jax.device_get(step_draws(config, jnp.zeros((), jnp.int32), key, shapes["latent"]))
+    heads = init_discriminator(models.disc.config, key, teacher.hidden_size, teacher.pooled_projection_dim)
+
+    device = jax.devices()[0]
+    peak = peak_tflops(device) if config.dtype == "bfloat16" else None
+    flops = _ladd_flops(config, teacher, heads, shapes, mesh)
+    result = {
+        "device": getattr(device, "device_kind", str(device)),
+        "config": args.preset or "small",
+        "ladd_config": args.config,
+        "params": count_params(jax.eval_shape(lambda: init_params(teacher, key, (hw, hw)))),
+        "head_params": count_params(heads),
+        "feature_layers": len(models.feature_layers),
+        "loss": config.loss,
+        "resolution": res,
+        "batch": batch,
+        "dtype": config.dtype,
+        "remat": config.remat_policy,
+        "attention": config.attention_impl or "default",
+        "step_gflop": flops["gradients"] / 1e9,
+        "train_step_gflop": flops["train_step"] / 1e9,
+    }
+
+    def report(name: str, first: float, sec: float, f: float) -> None:
+        result[f"{name}_ms"] = sec * 1e3
+        if name != "torch_eager":  # the first call minus a later one: compilation (eager has none to speak of)
+            result[f"{name}_compile_s"] = first - sec
+        result[f"{name}_img_per_s"] = batch / sec
+        result[f"{name}_tflops"] = f / sec / 1e12
+        if peak:
+            result[f"{name}_mfu"] = f / sec / 1e12 / peak
+
+    if not args.no_torch:
+        torch_times = _torch_ladd(config, teacher, models.disc.config, heads, data, draws, args)
+        for name in ("torch_eager", "torch_compile"):
+            if name in torch_times:
+                report(name, *torch_times.pop(name), flops["gradients"])
+        result.update(torch_times)
+
+    # Placed and jitted as the trainer does (loop.build, steps.jit_train_step): the step's outputs then have the
+    # shardings of its inputs, so the next call neither reshards nor recompiles.
+    cast = DTYPES[config.teacher_dtype]
+    make_teacher = lambda k: jax.tree.map(lambda x: x.astype(cast), init_params(teacher, k, (hw, hw)))
+    make_state = lambda k, h: init_state(models, init_params(teacher, k, (hw, hw)), h)
+    state_sharding = sharding.state_shardings(models, jax.eval_shape(make_state, key, heads), mesh)
+    teacher_sharding = sharding.param_shardings(jax.eval_shape(make_teacher, key), mesh)
+    batch_sharding = {k: sharding.batch_sharding(mesh, len(s)) for k, s in shapes.items()}
+    teacher_params = jax.jit(make_teacher, out_shardings=teacher_sharding)(key)
+    state = [jax.jit(make_state, out_shardings=state_sharding)(key, heads)]  # a list: each step donates it
+    data, draws = jax.device_put(data, batch_sharding), jax.device_put(draws)
+    gradients = jax.jit(make_step_gradients(config, models, mesh))
+    grads = lambda: gradients(state[0].student, state[0].disc, teacher_params, data, draws)
+    report("jax_grads", *_time(grads, args.steps), flops["gradients"])
+    train_step = jit_train_step(
+        make_train_step(config, models, mesh), state_sharding, teacher_sharding, batch_sharding, mesh
+    )
+
+    def step() -> Any:
+        state[0], metrics = train_step(state[0], teacher_params, data, key)
+        return metrics
+
+    report("jax_step", *_time(step, args.steps), flops["train_step"])
+    for name in ("torch_eager", "torch_compile"):
+        if f"{name}_ms" in result:
+            result[f"{name}_over_jax"] = result[f"{name}_ms"] / result["jax_grads_ms"]
+    return result
+
+
+def _ladd_flops(config: Any, teacher: MMDiTConfig, heads: Any, shapes: dict, mesh: Any) -> dict[str, float]:
+    """`jaxpr_flops` of the gradients and of the train step, traced with XLA attention and no remat: the model's
+    FLOPs, the same whichever attention kernel runs and without recomputation (the usual MFU convention)."""
+    from ladd_jax.train.state import init_state, make_models
+    from ladd_jax.train.steps import make_step_gradients, make_train_step, step_draws
+
+    plain = copy.deepcopy(config)
+    plain.attention_impl, plain.remat_policy = "xla", "none"
+    models = make_models(plain, teacher, teacher)
+    params = jax.eval_shape(lambda: init_params(teacher, jax.random.key(0), shapes["latent"][1:3]))
+    data = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+    draws = jax.eval_shape(lambda: step_draws(plain, jnp.zeros((), jnp.int32), jax.random.key(0), shapes["latent"]))
+    state = jax.eval_shape(functools.partial(init_state, models), params, heads)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    gradients = jax.make_jaxpr(make_step_gradients(plain, models, mesh))(params, heads, params, data, draws)
+    train_step = jax.make_jaxpr(make_train_step(plain, models, mesh))(state, params, data, key)
+    return {"gradients": jaxpr_flops(gradients), "train_step": jaxpr_flops(train_step)}
+
+
+def _torch_ladd(
+    config: Any, teacher: MMDiTConfig, heads_config: Any, heads: Any, data: dict, draws: dict, args: argparse.Namespace
+) -> dict:
+    """(first call, median) seconds of the PyTorch reference, eager and, unless --no-torch-compile,
+    torch.compile'd (a failure to compile is reported, not raised: it needs a C++ compiler or Triton). Its GPU
+    memory is handed back before returning, for XLA."""
+    import gc
+
+    import torch
+
+    out = _torch_ladd_times(config, teacher, heads_config, heads, data, draws, args)
+    torch.compiler.reset()  # compiled graphs hold on to the models
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
+
+
+def _torch_ladd_times(
+    config: Any, teacher: MMDiTConfig, heads_config: Any, heads: Any, data: dict, draws: dict, args: argparse.Namespace
+) -> dict:
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    from ladd_jax.torch_ref.ladd_step import LaddReference, heads_from_jax, torch_inputs
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
+    with torch.device(device):  # initialised where it runs: a CPU init of a 2B-param model takes minutes
+        t_model = SD3Transformer2DModel(**{k: v for k, v in teacher.to_diffusers().items() if k != "_class_name"})
+    s_model = copy.deepcopy(t_model)
+    if config.teacher_dtype == "bfloat16":  # as the JAX teacher's params; autocast computes in bfloat16 either way
+        t_model = t_model.to(torch.bfloat16)
+    reference = LaddReference.from_config(config, t_model, s_model, heads_from_jax(heads_config, heads).to(device))
+    batch, noise = torch_inputs(data, device), torch_inputs(draws, device)
+
+    def call() -> None:
+        reference.gradients(batch, noise)
+        sync()
+
+    out = {"torch_eager": _time(call, args.steps)}
+    if not args.no_torch_compile:
+        try:
+            reference.compile()
+            out["torch_compile"] = _time(call, args.steps)
+        except Exception as e:  # whatever the toolchain raises, the eager figures stand
+            out["torch_compile_error"] = f"{type(e).__name__}: {str(e).strip()[:300]}"
+    out["torch_device"] = device
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+BENCHES = {"mmdit": bench_mmdit, "pipeline": bench_pipeline, "ladd": bench_ladd}
 
 
 def run(what: str, args: argparse.Namespace) -> dict:
+    """Runs a bench; prints a table and then the JSON line, or the JSON line alone with --json."""
     result = BENCHES[what](args)
-    width = max(len(k) for k in result)
-    for k, v in result.items():
-        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    if not getattr(args, "json", False):
+        width = max(len(k) for k in result)
+        for k, v in result.items():
+            print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     print(json.dumps(result))
     return result

@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_convert)
 
     p = sub.add_parser("bench", help="benchmarks (figures for the README; never timed tests)")
-    p.add_argument("what", choices=("mmdit", "pipeline"), help="mmdit: the Flax MMDiT; pipeline: SD3Pipeline")
+    p.add_argument(
+        "what",
+        choices=("mmdit", "pipeline", "ladd"),
+        help="mmdit: the Flax MMDiT; pipeline: SD3Pipeline; ladd: one LADD train step beside its PyTorch reference",
+    )
     p.add_argument("--preset", default=None, help="an MMDiT preset (e.g. sd3-medium) instead of the small config")
     p.add_argument("--resolution", type=int, default=None, help="image side in pixels (latent = /8)")
     p.add_argument("--batch", type=int, default=None)
@@ -57,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling-steps", type=int, default=28, help="pipeline: sampler steps per image")
     p.add_argument("--cfg", type=float, default=7.0, help="pipeline: classifier-free guidance scale")
     p.add_argument("--no-torch", action="store_true", help="skip the diffusers PyTorch comparison")
+    p.add_argument("--no-torch-compile", action="store_true", help="ladd: time the PyTorch reference eager only")
+    p.add_argument(
+        "--config", default="configs/ladd.py:tiny", help="ladd: the LADD config PATH:VARIANT (heads, loss, d_steps)"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line only")
     p.add_argument("--remat", default="none", help="remat policy of the Flax model")
     p.add_argument("--attention", default=None, choices=("xla", "cudnn", "blockwise"), help="attention implementation")
     p.set_defaults(fn=_bench)

@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from conftest import TINY_MMDIT
 from tokenizer_fixtures import write_tiny_sd3_folder
 
+from ladd_jax import bench
 from ladd_jax.cli import main
+from ladd_jax.models.mmdit import MMDiTConfig
+
+# configs/ladd.py:tiny with one small head on the last of the tiny teacher's 3 blocks: the bench's two jitted steps
+# then compile in half the time.
+ONE_HEAD_CONFIG = f"""
+import sys
+
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "configs")!r})
+import ladd
+
+
+def get_config(arg=None):
+    c = ladd.get_config("tiny")
+    c.disc.feature_layers, c.disc.num_blocks = (2,), 1
+    c.disc.hidden, c.disc.cond_dim, c.disc.norm_groups = 16, 16, 4
+    return c
+"""
 
 
 def _report(capsys) -> dict:
@@ -38,3 +58,28 @@ def test_bench_pipeline_runs(folder, capsys):
 def test_bench_pipeline_needs_a_model(capsys):
     assert main(["bench", "pipeline", "--no-torch"]) == 2
     assert "write_tiny_sd3_folder" in capsys.readouterr().err
+
+
+def test_bench_ladd_reports_jax_and_pytorch(capsys, monkeypatch, tmp_path):
+    """A tiny MMDiT instead of the bench's small one (whose compiles take a minute here) at 32x32 pixels, one timed
+    step each, PyTorch eager only (compiling takes minutes on a CPU)."""
+    monkeypatch.setattr(bench, "SMALL", MMDiTConfig.from_diffusers(TINY_MMDIT))
+    (tmp_path / "one_head.py").write_text(ONE_HEAD_CONFIG)
+    config = f"{tmp_path / 'one_head.py'}:tiny"
+    argv = ["bench", "ladd", "--config", config, "--resolution", "32", "--batch", "1", "--steps", "1"]
+    assert main([*argv, "--no-torch-compile", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # --json: the JSON line alone
+    report = json.loads(out[0])
+    assert report["resolution"] == 32 and report["batch"] == 1 and report["feature_layers"] == 1
+    assert report["step_gflop"] > 0
+    for name in ("jax_grads", "jax_step", "torch_eager"):
+        for key in ("ms", "img_per_s", "tflops"):
+            assert report[f"{name}_{key}"] > 0, (name, key)
+    assert report["torch_eager_over_jax"] > 0
+    assert "torch_compile_ms" not in report and "torch_compile_error" not in report
+
+
+def test_bench_ladd_needs_a_config_file(capsys):
+    assert main(["bench", "ladd", "--config", "no/such/ladd.py:tiny", "--no-torch"]) == 2
+    assert "no file no/such/ladd.py" in capsys.readouterr().err

@@ -14,12 +14,15 @@
     Controls: disc.train=False skips the D step (heads frozen at initialisation); train_student=False skips the G
     step (the heads alone against a fixed student).
 
-Randomness: key = fold_in(base_key, step), then one split per purpose, so the same step draws the same numbers on
-any mesh.
+Randomness: key = fold_in(base_key, step), then one split per purpose (`step_draws`), so the same step draws the
+same numbers on any mesh. `make_step_gradients` gives the same losses and gradients without any update (for
+comparisons with the PyTorch reference, ladd_jax/torch_ref/ladd_step.py); both build on the same `Game`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -31,12 +34,17 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ladd_jax.flow import add_noise, denoise, sample_logit_normal, shift_sigma
-from ladd_jax.train.losses import d_accuracy, d_loss_parts, distill_loss, g_loss, r1_penalty
+from ladd_jax.train.losses import Logits, d_accuracy, d_loss_parts, distill_loss, g_loss, r1_penalty
 from ladd_jax.train.sharding import constrain_batch, sharded_trace
 from ladd_jax.train.state import Models, TrainState
 
 Batch = dict[str, jax.Array]
+BATCH_FIELDS = ("latent", "context", "pooled")
+Draws = dict[str, jax.Array]  # see `step_draws`
+Features = dict[str, tuple[jax.Array, ...]]  # the D step's teacher features: real, fake (and misaligned)
+Objective = tuple[jax.Array, dict[str, jax.Array]]  # (loss, its parts)
 StepFn = Callable[[TrainState, Any, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+GradientsFn = Callable[[Any, Any, Any, Batch, Draws], tuple[dict[str, jax.Array], Any, Any]]
 
 
 def student_times(config: ml_collections.ConfigDict, step: jax.Array, key: jax.Array, batch: int) -> jax.Array:
@@ -47,69 +55,139 @@ def student_times(config: ml_collections.ConfigDict, step: jax.Array, key: jax.A
     return t if s.shift is None else shift_sigma(t, s.shift)
 
 
+def step_draws(config: ml_collections.ConfigDict, step: jax.Array, key: jax.Array, x0_shape: tuple[int, ...]) -> Draws:
+    """Every random number of step `step`, from one place: the train step and the PyTorch reference
+    (ladd_jax/torch_ref) both take them from here, so the two can be compared on the same draws.
+
+    t: student times [B]; eps: the noise of x_t; t_hat: the teacher's times [B]; eps_real / eps_fake: the noise
+    re-noising real latents / the student's samples; t_distill: the times of the distillation loss [B] (drawn
+    always, used only when distill_weight > 0).
+    """
+    b = x0_shape[0]
+    k_t, k_eps, k_that, k_real, k_fake, k_dist = jax.random.split(jax.random.fold_in(key, step), 6)
+    return dict(
+        t=student_times(config, step, k_t, b),
+        eps=jax.random.normal(k_eps, x0_shape),
+        t_hat=sample_logit_normal(k_that, (b,), config.t_hat_mean, config.t_hat_std),
+        eps_real=jax.random.normal(k_real, x0_shape),
+        eps_fake=jax.random.normal(k_fake, x0_shape),
+        t_distill=jax.random.uniform(k_dist, (b,)),
+    )
+
+
 def _ema(ema: Any, params: Any, decay: float) -> Any:
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
+def _misaligned(ctx: jax.Array, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Every sample's text moved to the next sample."""
+    return jnp.roll(ctx, 1, axis=0), jnp.roll(pooled, 1, axis=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Game:
+    """One step's game for a fixed teacher, batch and draws: the pieces `make_train_step` composes with the
+    optimisers and `make_step_gradients` composes without, so the two cannot drift apart."""
+
+    config: ml_collections.ConfigDict
+    models: Models
+    mesh: Mesh
+    teacher_params: Any
+    batch: Batch
+    draws: Draws
+
+    def __post_init__(self):
+        # The batch axis pinned to the data axes once, before any transformation traces the pieces.
+        object.__setattr__(self, "batch", {k: constrain_batch(self.batch[k], self.mesh) for k in BATCH_FIELDS})
+
+    @property
+    def inputs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(x0, context, pooled)."""
+        return tuple(self.batch[k] for k in BATCH_FIELDS)
+
+    def generate(self, student_params: Any) -> jax.Array:
+        """x0_hat = x_t - t * student(x_t, t)."""
+        x0, ctx, pooled = self.inputs
+        t = self.draws["t"]
+        x_t = add_noise(x0, self.draws["eps"], t)
+        v = self.models.student.apply({"params": student_params}, x_t, t, ctx, pooled)
+        return constrain_batch(denoise(x_t, v, t), self.mesh)
+
+    def features(self, x0_like: jax.Array, eps: jax.Array, c: jax.Array, p: jax.Array) -> tuple[jax.Array, ...]:
+        """The teacher's features of `x0_like` re-noised to t_hat (its params closed over: no gradient to them)."""
+        x = add_noise(x0_like, eps, self.draws["t_hat"])
+        _, feats = self.models.teacher.apply(
+            {"params": self.teacher_params}, x, self.draws["t_hat"], c, p, feature_layers=self.models.feature_layers
+        )
+        return tuple(constrain_batch(f, self.mesh) for f in feats)
+
+    def heads(self, disc_params: Any, feats: tuple[jax.Array, ...], p: jax.Array | None = None) -> Logits:
+        """The heads' logits; `p` replaces the batch's pooled text (the misaligned pairs)."""
+        pooled = self.inputs[2] if p is None else p
+        return self.models.disc.apply({"params": disc_params}, feats, self.draws["t_hat"], pooled)
+
+    def d_features(self, x0_fake: jax.Array) -> Features:
+        """The D step's teacher features, constants: computed once and shared by the d_steps updates."""
+        x0, ctx, pooled = self.inputs
+        eps_real, eps_fake = self.draws["eps_real"], self.draws["eps_fake"]
+        feats = dict(
+            real=jax.lax.stop_gradient(self.features(x0, eps_real, ctx, pooled)),
+            fake=jax.lax.stop_gradient(self.features(x0_fake, eps_fake, ctx, pooled)),
+        )
+        if self.config.misaligned_weight:  # real latents with another sample's text: fakes with respect to that text
+            feats["misaligned"] = jax.lax.stop_gradient(self.features(x0, eps_real, *_misaligned(ctx, pooled)))
+        return feats
+
+    def d_objective(self, disc_params: Any, feats: Features) -> Objective:
+        """d_loss(D(real), D(fake)) + gamma/2 R1 + w * misaligned, and its parts."""
+        config, kind = self.config, self.config.loss
+        real_logits, fake_logits = self.heads(disc_params, feats["real"]), self.heads(disc_params, feats["fake"])
+        loss_real, loss_fake = d_loss_parts(real_logits, fake_logits, kind)
+        aux = dict(
+            d_loss_real=loss_real,
+            d_loss_fake=loss_fake,
+            d_acc=d_accuracy(real_logits, fake_logits),
+            logits_real=jnp.mean(jnp.stack([jnp.mean(x) for x in real_logits])),
+            logits_fake=jnp.mean(jnp.stack([jnp.mean(x) for x in fake_logits])),
+        )
+        loss = loss_real + loss_fake
+        if config.r1_gamma:
+            aux["r1"] = r1_penalty(lambda f: self.heads(disc_params, f), feats["real"])
+            loss = loss + 0.5 * config.r1_gamma * aux["r1"]
+        if config.misaligned_weight:
+            mis_logits = self.heads(disc_params, feats["misaligned"], _misaligned(*self.inputs[1:])[1])
+            aux["d_loss_misaligned"] = d_loss_parts(mis_logits, mis_logits, kind)[1]
+            loss = loss + config.misaligned_weight * aux["d_loss_misaligned"]
+        return loss, aux
+
+    def g_objective(self, disc_params: Any, x0_hat: jax.Array) -> Objective:
+        """g_loss(D(fake(x0_hat))) (+ lambda * distill): differentiated w.r.t. x0_hat, through the teacher."""
+        _, ctx, pooled = self.inputs
+        eps_fake = self.draws["eps_fake"]
+        loss = g_loss(self.heads(disc_params, self.features(x0_hat, eps_fake, ctx, pooled)), self.config.loss)
+        aux = dict(g_loss=loss)
+        if self.config.distill_weight:  # ADD: match the teacher's denoised estimate of the re-noised sample
+            t_d = self.draws["t_distill"]
+            x_d = add_noise(jax.lax.stop_gradient(x0_hat), eps_fake, t_d)
+            v = self.models.teacher.apply({"params": self.teacher_params}, x_d, t_d, ctx, pooled)
+            aux["distill"] = distill_loss(x0_hat, denoise(x_d, v, t_d))
+            loss = loss + self.config.distill_weight * aux["distill"]
+        return loss, aux
+
+
 def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mesh) -> StepFn:
     """The step for `config`; jit it with the shardings of `sharded_step`."""
-    layers = models.feature_layers
-    kind = config.loss
 
     def train_step(state: TrainState, teacher_params: Any, batch: Batch, key: jax.Array):
-        x0, ctx, pooled = (constrain_batch(batch[k], mesh) for k in ("latent", "context", "pooled"))
-        b = x0.shape[0]
-        k_t, k_eps, k_that, k_real, k_fake, k_dist = jax.random.split(jax.random.fold_in(key, state.step), 6)
-
-        t = student_times(config, state.step, k_t, b)
-        x_t = add_noise(x0, jax.random.normal(k_eps, x0.shape), t)
-        t_hat = sample_logit_normal(k_that, (b,), config.t_hat_mean, config.t_hat_std)
-        eps_real, eps_fake = jax.random.normal(k_real, x0.shape), jax.random.normal(k_fake, x0.shape)
-
-        def generate(student_params: Any) -> jax.Array:
-            v = models.student.apply({"params": student_params}, x_t, t, ctx, pooled)
-            return constrain_batch(denoise(x_t, v, t), mesh)
-
-        def features(x0_like: jax.Array, eps: jax.Array, c: jax.Array, p: jax.Array) -> tuple[jax.Array, ...]:
-            x = add_noise(x0_like, eps, t_hat)
-            _, feats = models.teacher.apply({"params": teacher_params}, x, t_hat, c, p, feature_layers=layers)
-            return tuple(constrain_batch(f, mesh) for f in feats)
-
-        def heads(disc_params: Any, feats: tuple[jax.Array, ...], p: jax.Array = pooled):
-            return models.disc.apply({"params": disc_params}, feats, t_hat, p)
+        draws = step_draws(config, state.step, key, batch["latent"].shape)
+        game = Game(config, models, mesh, teacher_params, batch, draws)
 
         # The student's forward pass runs once: its output is a constant for D, and `pull_back` carries the G
         # step's gradient w.r.t. x0_hat back to the student's params (the params do not change in between).
-        x0_hat, pull_back = jax.vjp(generate, state.student)
-        x0_fake = jax.lax.stop_gradient(x0_hat)
+        x0_hat, pull_back = jax.vjp(game.generate, state.student)
 
         # ---------------------------------------------------------------- D step(s): heads only, teacher constant
-        real_feats = jax.lax.stop_gradient(features(x0, eps_real, ctx, pooled))
-        fake_feats = jax.lax.stop_gradient(features(x0_fake, eps_fake, ctx, pooled))
-        if config.misaligned_weight:  # real latents with another sample's text: fakes with respect to that text
-            ctx_wrong, pooled_wrong = jnp.roll(ctx, 1, axis=0), jnp.roll(pooled, 1, axis=0)
-            mis_feats = jax.lax.stop_gradient(features(x0, eps_real, ctx_wrong, pooled_wrong))
-
-        def d_objective(disc_params: Any):
-            real_logits, fake_logits = heads(disc_params, real_feats), heads(disc_params, fake_feats)
-            loss_real, loss_fake = d_loss_parts(real_logits, fake_logits, kind)
-            aux = dict(
-                d_loss_real=loss_real,
-                d_loss_fake=loss_fake,
-                d_acc=d_accuracy(real_logits, fake_logits),
-                logits_real=jnp.mean(jnp.stack([jnp.mean(x) for x in real_logits])),
-                logits_fake=jnp.mean(jnp.stack([jnp.mean(x) for x in fake_logits])),
-            )
-            loss = loss_real + loss_fake
-            if config.r1_gamma:
-                aux["r1"] = r1_penalty(lambda f: heads(disc_params, f), real_feats)
-                loss = loss + 0.5 * config.r1_gamma * aux["r1"]
-            if config.misaligned_weight:
-                mis_logits = heads(disc_params, mis_feats, pooled_wrong)
-                aux["d_loss_misaligned"] = d_loss_parts(mis_logits, mis_logits, kind)[1]
-                loss = loss + config.misaligned_weight * aux["d_loss_misaligned"]
-            return loss, aux
-
+        d_objective = functools.partial(game.d_objective, feats=game.d_features(jax.lax.stop_gradient(x0_hat)))
         disc, d_opt = state.disc, state.d_opt
         d_metrics = {}
         if not config.disc.train:  # the control: heads frozen at their initialisation, only measured
@@ -121,19 +199,9 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
             d_metrics["d_grad_norm"] = optax.tree.norm(d_grads)
 
         # ---------------------------------------------------------------- G step: student only, through the teacher
-        def g_objective(x0_hat: jax.Array):
-            loss = g_loss(heads(disc, features(x0_hat, eps_fake, ctx, pooled)), kind)
-            aux = dict(g_loss=loss)
-            if config.distill_weight:  # ADD: match the teacher's denoised estimate of the re-noised sample
-                t_d = jax.random.uniform(k_dist, (b,))
-                x_d = add_noise(jax.lax.stop_gradient(x0_hat), eps_fake, t_d)
-                v = models.teacher.apply({"params": teacher_params}, x_d, t_d, ctx, pooled)
-                aux["distill"] = distill_loss(x0_hat, denoise(x_d, v, t_d))
-                loss = loss + config.distill_weight * aux["distill"]
-            return loss, aux
-
         student, g_opt, g_metrics = state.student, state.g_opt, {}
         if config.train_student:  # otherwise the heads alone learn against the fixed student (a diagnostic)
+            g_objective = functools.partial(game.g_objective, disc)
             (g_total, g_aux), x0_grad = jax.value_and_grad(g_objective, has_aux=True)(x0_hat)
             (g_grads,) = pull_back(x0_grad)
             updates, g_opt = models.g_tx.update(g_grads, g_opt, student)
@@ -151,8 +219,8 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         metrics = dict(
             d_loss=d_total,
             logit_gap=d_aux["logits_real"] - d_aux["logits_fake"],
-            student_t=jnp.mean(t),
-            t_hat=jnp.mean(t_hat),
+            student_t=jnp.mean(draws["t"]),
+            t_hat=jnp.mean(draws["t_hat"]),
             **d_aux,
             **d_metrics,
             **g_metrics,
@@ -160,6 +228,29 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         return new_state, metrics
 
     return train_step
+
+
+def make_step_gradients(config: ml_collections.ConfigDict, models: Models, mesh: Mesh) -> GradientsFn:
+    """(student, heads, teacher_params, batch, draws) -> (losses, head grads, student grads), no update applied.
+
+    The head grads are those of the D objective at `heads` (the step's first D update uses them); the student
+    grads are those of the G objective with the same `heads`, i.e. before any D update. The train step instead
+    takes the G gradient after its d_steps D updates; the two agree only when those updates are zero (e.g. at
+    step 0, where the warm-up schedule's learning rate is 0). Measuring both at one point is what makes a
+    comparison with another implementation (ladd_jax/torch_ref/ladd_step.py) well defined, with no optimiser in it.
+    """
+
+    def step_gradients(student: Any, heads: Any, teacher_params: Any, batch: Batch, draws: Draws):
+        game = Game(config, models, mesh, teacher_params, batch, draws)
+        x0_hat, pull_back = jax.vjp(game.generate, student)
+        d_objective = functools.partial(game.d_objective, feats=game.d_features(jax.lax.stop_gradient(x0_hat)))
+        (d_total, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(heads)
+        g_objective = functools.partial(game.g_objective, heads)
+        (g_total, g_aux), x0_grad = jax.value_and_grad(g_objective, has_aux=True)(x0_hat)
+        (g_grads,) = pull_back(x0_grad)
+        return dict(d_loss=d_total, g_total=g_total, **d_aux, **g_aux), d_grads, g_grads
+
+    return step_gradients
 
 
 def jit_train_step(step_fn: StepFn, state_sharding: Any, teacher_sharding: Any, batch_sharding: Any, mesh: Mesh):
