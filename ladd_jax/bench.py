@@ -6,6 +6,8 @@ config and the same device (the CPU here), with achieved TFLOP/s and, on a GPU, 
 `StableDiffusion3Pipeline` on the same local folder, resolution, sampling steps and guidance scale.
 `ladd`: one LADD step (ladd_jax/train/steps.py) jitted, beside its PyTorch reference (ladd_jax/torch_ref) eager and
 torch.compile'd, on the same MMDiT, heads, batch and draws, with achieved TFLOP/s and, on a GPU in bfloat16, MFU.
+`attention`: one attention layer's forward + backward, "xla" beside "blockwise" (models/attention.py): time and
+the temporaries XLA plans.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ladd_jax.errors import LaddError
+from ladd_jax.models.attention import attention
 from ladd_jax.models.mmdit import MMDiT, MMDiTConfig, count_params, init_params
 
 # A CPU-sized MMDiT with SD3's widths per head and real text-encoder widths.
 SMALL = MMDiTConfig(num_layers=4, num_attention_heads=6, caption_projection_dim=384, pos_embed_max_size=64)
 CONTEXT_LEN = 154  # 77 CLIP + 77 T5 tokens, as SD3 uses
+SD3_TEXT_TOKENS = 333  # 77 CLIP + 256 T5 tokens: SD3's default max_sequence_length
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v5p": 459.0, "TPU v4": 275.0}
 
 
@@ -445,7 +449,30 @@ def _torch_ladd_times(
     return out
 
 
-BENCHES = {"mmdit": bench_mmdit, "pipeline": bench_pipeline, "ladd": bench_ladd}
+def bench_attention(args: argparse.Namespace) -> dict:
+    """Forward + backward of one attention layer with the preset's heads at the resolution's token count (image
+    tokens + SD3's 333 text tokens), "xla" (the [L, L] matrix materialised) beside "blockwise": median seconds and
+    the temporaries XLA plans for each."""
+    config = MMDiTConfig.preset(args.preset or "sd3-medium")
+    res = args.resolution or 1024
+    tokens = (res // 8 // config.patch_size) ** 2 + SD3_TEXT_TOKENS
+    batch, dtype = args.batch or 1, jnp.dtype(args.dtype or "float32")
+    shape = (batch, tokens, config.num_attention_heads, config.attention_head_dim)
+    q, k, v = (jax.random.normal(jax.random.key(i), shape, dtype) for i in range(3))
+    result = dict(preset=args.preset or "sd3-medium", tokens=tokens, batch=batch, dtype=str(dtype))
+    for impl in ("xla", "blockwise"):
+        loss = lambda q, k, v, impl=impl: jnp.sum(attention(q, k, v, impl).astype(jnp.float32))
+        step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+        compiled = step.lower(q, k, v).compile()
+        first, median = _time(lambda step=step: step(q, k, v), args.steps)
+        result[f"{impl}_fwd_bwd_s"] = median
+        result[f"{impl}_first_call_s"] = first
+        result[f"{impl}_temp_gib"] = compiled.memory_analysis().temp_size_in_bytes / 2**30
+    result["blockwise_over_xla_time"] = result["blockwise_fwd_bwd_s"] / result["xla_fwd_bwd_s"]
+    return result
+
+
+BENCHES = {"mmdit": bench_mmdit, "pipeline": bench_pipeline, "ladd": bench_ladd, "attention": bench_attention}
 
 
 def run(what: str, args: argparse.Namespace) -> dict:

@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks (figures for the README; never timed tests)")
     p.add_argument(
         "what",
-        choices=("mmdit", "pipeline", "ladd"),
-        help="mmdit: the Flax MMDiT; pipeline: SD3Pipeline; ladd: one LADD train step beside its PyTorch reference",
+        choices=("mmdit", "pipeline", "ladd", "attention"),
+        help="mmdit: the Flax MMDiT; pipeline: SD3Pipeline; ladd: one LADD train step beside its PyTorch reference; "
+        "attention: xla beside blockwise attention",
     )
     p.add_argument("--preset", default=None, help="an MMDiT preset (e.g. sd3-medium) instead of the small config")
     p.add_argument("--resolution", type=int, default=None, help="image side in pixels (latent = /8)")

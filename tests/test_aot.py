@@ -55,6 +55,7 @@ def test_report_parts_and_plan(plan):
     assert json.loads(json.dumps(plan))["peak_bytes"] == plan["peak_bytes"]
 
 
+@pytest.mark.slow  # 16 s; tests/test_attention.py checks the program itself in CI
 def test_blockwise_attention_leaves_no_attention_matrix_in_the_plan(plan):
     tokens = (RESOLUTION // 8 // 2) ** 2 + 77 + 8  # image + CLIP + T5 tokens
     blockwise = compile_plan(_config(attention_impl="blockwise", attention_block_size=32), TEACHER, RESOLUTION, 10**6)

@@ -86,7 +86,7 @@ def test_blockwise_never_holds_the_attention_matrix():
     assert max(np.prod(s) for s in shapes) < 2 * 3 * lq * 16 * 2  # nothing bigger than a few [B, L, H, D] arrays
 
 
-@pytest.mark.parametrize("remat_policy", ["none", "full"])
+@pytest.mark.parametrize("remat_policy", ["none", pytest.param("full", marks=pytest.mark.slow)])
 def test_mmdit_blockwise_equals_default(remat_policy):
     """The whole MMDiT (joint image + context attention inside nn.scan, with remat) and its parameter gradients."""
     config = MMDiTConfig(**{**TINY_MMDIT, "num_layers": 2, "qk_norm": "rms_norm"})

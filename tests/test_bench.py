@@ -60,6 +60,7 @@ def test_bench_pipeline_needs_a_model(capsys):
     assert "write_tiny_sd3_folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 36 s; the step's correctness is tests/test_torch_ladd.py's
 def test_bench_ladd_reports_jax_and_pytorch(capsys, monkeypatch, tmp_path):
     """A tiny MMDiT instead of the bench's small one (whose compiles take a minute here) at 32x32 pixels, one timed
     step each, PyTorch eager only (compiling takes minutes on a CPU)."""
@@ -83,3 +84,12 @@ def test_bench_ladd_reports_jax_and_pytorch(capsys, monkeypatch, tmp_path):
 def test_bench_ladd_needs_a_config_file(capsys):
     assert main(["bench", "ladd", "--config", "no/such/ladd.py:tiny", "--no-torch"]) == 2
     assert "no file no/such/ladd.py" in capsys.readouterr().err
+
+
+def test_bench_attention_runs(capsys):
+    """At 1024 + 333 tokens: both implementations timed; blockwise plans fewer temporaries than the matrix."""
+    assert main(["bench", "attention", "--steps", "1", "--resolution", "512", "--json"]) == 0
+    report = _report(capsys)
+    assert report["tokens"] == 32 * 32 + 333
+    assert report["xla_fwd_bwd_s"] > 0 and report["blockwise_fwd_bwd_s"] > 0
+    assert report["blockwise_temp_gib"] < report["xla_temp_gib"]

@@ -80,7 +80,7 @@ def both_sides(teacher, kind: str) -> tuple[dict, dict, dict, dict]:
     return losses, head_grads, student_grads, ref
 
 
-@pytest.mark.parametrize("kind", ["hinge", "non_saturating"])
+@pytest.mark.parametrize("kind", ["hinge", pytest.param("non_saturating", marks=pytest.mark.slow)])
 def test_losses_and_gradients_match_the_pytorch_reference(teacher, kind):
     losses, head_grads, student_grads, ref = both_sides(teacher, kind)
     for key in ("d_loss_real", "d_loss_fake", "d_loss", "g_loss"):
@@ -101,6 +101,7 @@ def test_losses_and_gradients_match_the_pytorch_reference(teacher, kind):
     assert {k for k, v in student_grads.items() if not np.abs(v).max() > 0} == unused
 
 
+@pytest.mark.slow  # 30 s
 def test_step_gradients_are_the_train_steps_at_step_0(teacher):
     """What ties the comparison to training: at step 0 the warm-up's learning rate is 0, so the train step's D update
     leaves the heads as they were and its metrics are those of `make_step_gradients` (same draws, same math)."""
