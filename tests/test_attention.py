@@ -118,5 +118,5 @@ def test_bad_attention_settings():
     with pytest.raises(LaddError, match="attention_block_size must be positive"):
         MMDiTConfig(**TINY_MMDIT, attention_impl="blockwise", attention_block_size=0)
     q, k, v, _ = _qkv_ct(4, 4)
-    with pytest.raises(LaddError, match="block size must be positive"):
+    with pytest.raises(LaddError, match="attention_block_size must be positive"):
         attention(q, k, v, "blockwise", 0)

@@ -30,12 +30,19 @@ IMPLEMENTATIONS = (None, "xla", "cudnn", "blockwise")
 DEFAULT_BLOCK_SIZE = 512  # a [B, H, 512, 512] float32 score tile: 24 heads -> 25 MB per sample
 
 
+def check_settings(impl: str | None, block_size: int) -> None:
+    """One clear error for an unknown implementation or a block size below 1."""
+    if impl not in IMPLEMENTATIONS:
+        raise LaddError(f"attention_impl={impl!r}: choose one of {', '.join(map(str, IMPLEMENTATIONS))}")
+    if block_size < 1:
+        raise LaddError(f"attention_block_size must be positive, got {block_size}")
+
+
 def attention(
     q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None = None, block_size: int = DEFAULT_BLOCK_SIZE
 ) -> jax.Array:
     """softmax(q k^T / sqrt(D)) v over [B, L, H, D] inputs, computed by `impl` (see the module docstring)."""
-    if impl not in IMPLEMENTATIONS:
-        raise LaddError(f"attention_impl={impl!r}: choose one of {', '.join(map(str, IMPLEMENTATIONS))}")
+    check_settings(impl, block_size)
     if impl == "blockwise":
         return blockwise_attention(q, k, v, block_size)
     return jax.nn.dot_product_attention(q, k, v, implementation=impl)
@@ -69,8 +76,7 @@ def _key_validity(lk: int, block: int) -> jax.Array:
 
 def _forward(q: jax.Array, k: jax.Array, v: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
     """Output [B, Lq, H, D] and log-sum-exp [B, H, Lq] (float32)."""
-    if block < 1:
-        raise LaddError(f"attention block size must be positive, got {block}")
+    check_settings("blockwise", block)  # for direct callers of blockwise_attention
     lq, lk, d = q.shape[1], k.shape[1], q.shape[-1]
     scale = 1.0 / math.sqrt(d)
     kb, vb, valid = _pad(k, block), _pad(v, block), _key_validity(lk, block)

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ladd_jax.errors import LaddError
-from ladd_jax.models.attention import DEFAULT_BLOCK_SIZE, IMPLEMENTATIONS, attention
+from ladd_jax.models.attention import DEFAULT_BLOCK_SIZE, attention
+from ladd_jax.models.attention import check_settings as check_attention_settings
 
 _DIFFUSERS_FIELDS = (
     "sample_size",
@@ -80,12 +81,7 @@ class MMDiTConfig:
         bad = [i for i in self.dual_attention_layers if not 0 <= i < self.num_layers]
         if bad:
             raise LaddError(f"dual_attention_layers {bad} are outside 0..{self.num_layers - 1}")
-        if self.attention_impl not in IMPLEMENTATIONS:
-            raise LaddError(
-                f"attention_impl={self.attention_impl!r}: choose one of {', '.join(map(str, IMPLEMENTATIONS))}"
-            )
-        if self.attention_block_size < 1:
-            raise LaddError(f"attention_block_size must be positive, got {self.attention_block_size}")
+        check_attention_settings(self.attention_impl, self.attention_block_size)
         if self.remat_policy not in ("none", "full") and not hasattr(jax.checkpoint_policies, self.remat_policy):
             raise LaddError(f"remat_policy={self.remat_policy!r}: use 'none', 'full' or a jax.checkpoint_policies name")
 

@@ -7,16 +7,14 @@ from pathlib import Path
 
 from ladd_jax.errors import LaddError
 from ladd_jax.export import export_student
-from ladd_jax.models.attention import DEFAULT_BLOCK_SIZE
 from ladd_jax.models.mmdit import MMDiTConfig, abstract_params
 from ladd_jax.train.checkpoint import read_meta, restore_params
 
-# Computation settings of the training run that are not part of the exported architecture.
+# Computation settings of the training run that are not part of the exported architecture: back to the defaults.
 _COMPUTE_FIELDS = {
-    "dtype": "float32",
-    "remat_policy": "none",
-    "attention_impl": None,
-    "attention_block_size": DEFAULT_BLOCK_SIZE,
+    f.name: f.default
+    for f in dataclasses.fields(MMDiTConfig)
+    if f.name in ("dtype", "remat_policy", "attention_impl", "attention_block_size")
 }
 
 

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from ladd_jax.errors import LaddError
-from ladd_jax.models.mmdit import MMDiTConfig
+from ladd_jax.models.mmdit import MMDiTConfig, abstract_params, count_params
 
 GIB = 2.0**30
 _ITEMSIZE = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
@@ -145,8 +145,6 @@ def hand_estimate(
 
 
 def _param_count(cfg: MMDiTConfig) -> int:
-    from ladd_jax.models.mmdit import abstract_params, count_params
-
     return count_params(abstract_params(cfg))
 
 

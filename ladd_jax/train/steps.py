@@ -176,7 +176,7 @@ class Game:
 
 
 def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mesh) -> StepFn:
-    """The step for `config`; jit it with the shardings of `sharded_step`."""
+    """The step for `config`; jit it with `jit_train_step`."""
 
     def train_step(state: TrainState, teacher_params: Any, batch: Batch, key: jax.Array):
         draws = step_draws(config, state.step, key, batch["latent"].shape)
