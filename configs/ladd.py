@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v = _VARIANTS[variant]
     c = ml_collections.ConfigDict()
     c.variant = variant
+    c.method = "ladd"  # the trainer's other methods (ADD, LCM, Diffusion2GAN) have their own config files
     c.teacher = ""  # a diffusers-layout SD3 pipeline folder (transformer/, vae/, text encoders, ...)
     c.data = ""  # a `ladd-jax synth` (or `encode-real`) output folder
     c.seed = 0
@@ -56,6 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.t_hat_std = 1.0
 
     # Objective.
+    c.adv_weight = 1.0  # weight of the adversarial term in the student's loss; 0: no heads, no D step
     c.loss = "hinge"  # or "non_saturating" (hinge: ADD's choice; unconfirmed for LADD)
     c.d_steps = 1  # D updates per G update
     c.train_student = True  # False: no G updates, the heads alone against the fixed student (can they learn?)

@@ -16,12 +16,10 @@ import argparse
 import copy
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -267,16 +265,10 @@ def _sub_jaxprs(params: dict) -> list:
 
 def load_ladd_config(spec: str) -> Any:
     """`PATH:VARIANT` of a LADD config file (configs/ladd.py:tiny), as `ladd-jax train --config` reads it."""
+    from ladd_jax.config_files import load_config_file
+
     path, _, variant = spec.partition(":")
-    if not Path(path).is_file():
-        raise LaddError(f"--config {spec}: no file {path}; run from the repository root or give PATH:VARIANT")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    try:
-        return module.get_config(variant or None)
-    except ValueError as e:
-        raise LaddError(f"--config {spec}: {e}") from None
+    return load_config_file(path, variant)
 
 
 def bench_ladd(args: argparse.Namespace) -> dict:
@@ -364,11 +356,11 @@ def bench_ladd(args: argparse.Namespace) -> dict:
     grads = lambda: gradients(state[0].student, state[0].disc, teacher_params, data, draws)
     report("jax_grads", *_time(grads, args.steps), flops["gradients"])
     train_step = jit_train_step(
-        make_train_step(config, models, mesh), state_sharding, teacher_sharding, batch_sharding, mesh
+        make_train_step(config, models, mesh), state_sharding, dict(teacher=teacher_sharding), batch_sharding, mesh
     )
 
     def step() -> Any:
-        state[0], metrics = train_step(state[0], teacher_params, data, key)
+        state[0], metrics = train_step(state[0], dict(teacher=teacher_params), data, key)
         return metrics
 
     report("jax_step", *_time(step, args.steps), flops["train_step"])
@@ -393,7 +385,7 @@ def _ladd_flops(config: Any, teacher: MMDiTConfig, heads: Any, shapes: dict, mes
     state = jax.eval_shape(functools.partial(init_state, models), params, heads)
     key = jax.eval_shape(lambda: jax.random.key(0))
     gradients = jax.make_jaxpr(make_step_gradients(plain, models, mesh))(params, heads, params, data, draws)
-    train_step = jax.make_jaxpr(make_train_step(plain, models, mesh))(state, params, data, key)
+    train_step = jax.make_jaxpr(make_train_step(plain, models, mesh))(state, dict(teacher=params), data, key)
     return {"gradients": jaxpr_flops(gradients), "train_step": jaxpr_flops(train_step)}
 
 

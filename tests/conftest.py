@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 # One persistent compilation cache for the session and every subprocess it starts: the trainer tests compile
 # the same LADD step in several runs and processes. Set before anything imports jax.
@@ -11,7 +12,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ladd
 
 import numpy as np
 import pytest
-from tokenizer_fixtures import randomize_
+from tokenizer_fixtures import randomize_, write_tiny_sd3_folder
 
 TINY_MMDIT = dict(
     sample_size=16,
@@ -77,3 +78,27 @@ def rel_err(a, b) -> float:
     """max |a - b| relative to the reference's scale (max |b|)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random teacher folder and 16 synthetic records it generated (2 Euler steps, CFG 2), shared by the
+    trainer tests of the session."""
+    from ladd_jax.data.synth import run_synth
+
+    root = tmp_path_factory.mktemp("ladd")
+    teacher = write_tiny_sd3_folder(root / "teacher")
+    prompts = root / "prompts.txt"
+    prompts.write_text("\n".join(f"a photo of thing {i}" for i in range(16)))
+    run_synth(
+        model=str(teacher),
+        prompts=str(prompts),
+        out=str(root / "data"),
+        num_steps=2,
+        cfg=2.0,
+        height=64,
+        width=64,
+        max_sequence_length=8,
+        batch_size=8,
+    )
+    return dict(teacher=teacher, data=root / "data")

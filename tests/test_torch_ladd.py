@@ -109,7 +109,7 @@ def test_step_gradients_are_the_train_steps_at_step_0(teacher):
     c, models, heads, batch = setup(teacher, "hinge")
     mesh, key = sharding.make_mesh(), jax.random.key(0)
     state = init_state(models, params, heads)
-    _, metrics = jax.jit(make_train_step(c, models, mesh))(state, params, batch, key)
+    _, metrics = jax.jit(make_train_step(c, models, mesh))(state, dict(teacher=params), batch, key)
     draws = step_draws(c, state.step, key, SHAPES["latent"])
     losses, head_grads, student_grads = jax.jit(make_step_gradients(c, models, mesh))(
         params, heads, params, batch, draws

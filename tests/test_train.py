@@ -14,8 +14,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from tokenizer_fixtures import write_tiny_sd3_folder
 
+from ladd_jax.config_files import load_config_file
 from ladd_jax.data.loader import Loader
 from ladd_jax.errors import LaddError
 from ladd_jax.models.mmdit import abstract_params
@@ -26,37 +26,14 @@ from ladd_jax.train.loop import train_and_evaluate
 from ladd_jax.train.writer import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
-import ladd  # noqa: E402  (configs/ is not a package)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict[str, Path]:
-    """A tiny random teacher folder and 16 synthetic records it generated (2 Euler steps, CFG 2)."""
-    from ladd_jax.data.synth import run_synth
-
-    root = tmp_path_factory.mktemp("ladd")
-    teacher = write_tiny_sd3_folder(root / "teacher")
-    prompts = root / "prompts.txt"
-    prompts.write_text("\n".join(f"a photo of thing {i}" for i in range(16)))
-    run_synth(
-        model=str(teacher),
-        prompts=str(prompts),
-        out=str(root / "data"),
-        num_steps=2,
-        cfg=2.0,
-        height=64,
-        width=64,
-        max_sequence_length=8,
-        batch_size=8,
-    )
-    return dict(teacher=teacher, data=root / "data")
-
-
-def tiny_config(world: dict, **overrides):
-    c = ladd.get_config("tiny")
+def tiny_config(world: dict, method: str = "ladd", **overrides):
+    """configs/METHOD.py:tiny on the tiny world, 4 steps with checkpoints at 2 and 4, small heads."""
+    c = load_config_file(ROOT / "configs" / f"{method}.py", "tiny")
     c.teacher, c.data = str(world["teacher"]), str(world["data"])
     c.total_steps, c.checkpoint_every, c.log_every = 4, 2, 1
+    c.max_sequence_length = 8  # the world's synth length (LCM encodes the empty prompt with it)
     c.disc.hidden, c.disc.cond_dim, c.disc.norm_groups = 16, 16, 4
     for k, v in overrides.items():
         node = c
@@ -192,15 +169,20 @@ MESH_SCRIPT = textwrap.dedent(
     from test_train import tiny_config
     from ladd_jax.train.loop import train_and_evaluate
     world = dict(teacher={teacher!r}, data={data!r})
-    config = tiny_config(world, total_steps=2, batch_size=8, **{{"mesh.data": {data_axis}, "mesh.fsdp": {fsdp}}})
+    mesh = {{"mesh.data": {data_axis}, "mesh.fsdp": {fsdp}}}
+    config = tiny_config(world, {method!r}, total_steps=2, batch_size=8, **mesh, **{overrides!r})
     assert len(jax.devices()) == {devices}, jax.devices()
     train_and_evaluate(config, {workdir!r})
     """
 )
 
 
-def run_mesh(world: dict, workdir: Path, devices: int, data_axis: int, fsdp: int) -> None:
+def run_mesh(
+    world: dict, workdir: Path, devices: int, data_axis: int, fsdp: int, method: str = "ladd", **overrides
+) -> None:
     script = MESH_SCRIPT.format(
+        method=method,
+        overrides=overrides,
         configs=str(ROOT / "configs"),
         tests=str(ROOT / "tests"),
         teacher=str(world["teacher"]),

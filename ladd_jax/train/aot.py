@@ -65,7 +65,7 @@ def compile_plan(
         compile_s=round(time.perf_counter() - start, 1),
         tflops_per_device_step=(step_flops(compiled) or 0) / 1e12,
         **plan_bytes(compiled),
-        state_bytes=state_breakdown(setup.abstract_state, setup.teacher_params),
+        state_bytes=state_breakdown(setup.abstract_state, setup.frozen["teacher"]),
         largest_buffers=largest_buffers(compiled, buffers),
         hand_bytes=hand_estimate(
             config,

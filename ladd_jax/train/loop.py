@@ -1,4 +1,5 @@
-"""The LADD trainer: `train_and_evaluate(config, workdir)`, read top to bottom.
+"""The distillation trainer (LADD, and the baselines of train/methods.py): `train_and_evaluate(config, workdir)`,
+read top to bottom.
 
 Set up (mesh, teacher, data, student, heads, state shardings), resume from the workdir if a checkpoint is there,
 compile the step ahead of time (printing per-device memory), then `runner.run_steps`: batch -> step -> metrics;
@@ -24,15 +25,14 @@ from ladd_jax.convert.mmdit import load_mmdit
 from ladd_jax.data.loader import Loader
 from ladd_jax.errors import LaddError
 from ladd_jax.models.discriminator import init_discriminator
-from ladd_jax.train import sharding
+from ladd_jax.train import methods, sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from ladd_jax.train.runner import report_compiled, resume_or_init, run_steps
 from ladd_jax.train.state import Models, TrainState, init_state, make_models
-from ladd_jax.train.steps import jit_train_step, make_train_step
+from ladd_jax.train.steps import BATCH_FIELDS, jit_train_step
 from ladd_jax.train.student import init_student, student_layers, subset_config
 
 logger = logging.getLogger(__name__)
-FIELDS = ("latent", "context", "pooled")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -43,8 +43,8 @@ class Setup:
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
     models: Models
-    teacher_params: Any
-    teacher_sharding: Any
+    frozen: dict[str, Any]  # the step's frozen params: "teacher", and what the method adds
+    frozen_sharding: Any
     abstract_state: Any  # ShapeDtypeStructs carrying the state's shardings
     batch_sharding: Any
     latent_hw: tuple[int, int]
@@ -70,7 +70,9 @@ def require_folder(config: ml_collections.ConfigDict, key: str, what: str) -> Pa
 
 
 def _check_data(spec: dict, teacher: Any, batch_size: int, multiple: int) -> tuple[int, int]:
-    (h, w, c), (_, width), (pooled,) = (spec[f][0] for f in FIELDS)
+    (h, w, c), (_, width), (pooled,) = (spec[f][0] for f in BATCH_FIELDS)
+    if "noise" in spec and tuple(spec["noise"][0]) != (h, w, c):
+        raise LaddError(f"the data's noise is {spec['noise'][0]}, its latents {(h, w, c)}: the records are broken")
     if c != teacher.in_channels or h % teacher.patch_size or w % teacher.patch_size:
         raise LaddError(
             f"the data's latents are {h}x{w}x{c}; the teacher needs {teacher.in_channels} channels and sides divisible "
@@ -94,8 +96,10 @@ def build(
     `teacher`: (MMDiTConfig, params) instead of loading config.teacher; params given as ShapeDtypeStructs build
     an abstract setup (nothing materialised), which is what the ahead-of-time memory check of large models uses.
     """
-    teacher_cfg, teacher_host = teacher or load_mmdit(require_folder(config, "teacher", "an SD3 pipeline folder"))
+    teacher_folder = None if teacher else require_folder(config, "teacher", "an SD3 pipeline folder")
+    teacher_cfg, teacher_host = teacher or load_mmdit(teacher_folder)
     is_abstract = isinstance(jax.tree.leaves(teacher_host)[0], jax.ShapeDtypeStruct)
+    networks = methods.frozen_networks(config, teacher_folder, spec)
     h, w = _check_data(spec, teacher_cfg, config.batch_size, sharding.batch_size_multiple(mesh))
     key = jax.random.key(config.seed)
     make_student = lambda p: init_student(
@@ -103,25 +107,36 @@ def build(
     )[1]
     student_host = jax.eval_shape(make_student, teacher_host) if is_abstract else make_student(teacher_host)
     student_cfg = subset_config(teacher_cfg, student_layers(teacher_cfg, config.student.layers))
-    models = make_models(config, teacher_cfg, student_cfg)
-    disc_host = init_discriminator(
-        models.disc.config, jax.random.fold_in(key, 2), teacher_cfg.hidden_size, teacher_cfg.pooled_projection_dim
+    models = make_models(
+        config, teacher_cfg, student_cfg, **networks.modules, heads_on_features=networks.heads_on_features
     )
-    teacher_sharding = sharding.param_shardings(teacher_host, mesh)
-    cast = DTYPES[config.teacher_dtype]
-    if is_abstract:
-        place = lambda x, s: jax.ShapeDtypeStruct(x.shape, cast, sharding=s)
-    else:
-        place = lambda x, s: jax.device_put(np.asarray(x).astype(cast), s)
+    disc_host = {}  # a method without heads keeps an empty tree
+    if methods.uses_heads(config):
+        feature_dim = networks.feature_dim or teacher_cfg.hidden_size
+        disc_host = init_discriminator(
+            models.disc.config, jax.random.fold_in(key, 2), feature_dim, teacher_cfg.pooled_projection_dim
+        )
+    frozen_host = dict(teacher=teacher_host, **networks.params)
+    frozen_sharding = sharding.param_shardings(frozen_host, mesh)
+    # The teacher is cast to teacher_dtype; the other frozen networks stay as loaded (float32).
+    casts = dict(teacher=DTYPES[config.teacher_dtype])
+    frozen = {}
+    for name, host in frozen_host.items():
+        cast = casts.get(name, jnp.float32)
+        if is_abstract:
+            place = lambda x, s, cast=cast: jax.ShapeDtypeStruct(x.shape, cast, sharding=s)
+        else:
+            place = lambda x, s, cast=cast: jax.device_put(np.asarray(x).astype(cast), s)
+        frozen[name] = jax.tree.map(place, host, frozen_sharding[name])
     state = jax.eval_shape(functools.partial(init_state, models), student_host, disc_host)
     setup = Setup(
         config=config,
         mesh=mesh,
         models=models,
-        teacher_params=jax.tree.map(place, teacher_host, teacher_sharding),
-        teacher_sharding=teacher_sharding,
+        frozen=frozen,
+        frozen_sharding=frozen_sharding,
         abstract_state=abstract_with_shardings(state, sharding.state_shardings(models, state, mesh)),
-        batch_sharding={f: sharding.batch_sharding(mesh, len(spec[f][0]) + 1) for f in FIELDS},
+        batch_sharding={f: sharding.batch_sharding(mesh, len(spec[f][0]) + 1) for f in methods.batch_fields(config)},
         latent_hw=(h, w),
     )
     return setup, student_host, disc_host
@@ -131,19 +146,19 @@ def compile_step(setup: Setup, spec: dict) -> Any:
     """The jitted step lowered and compiled ahead of time for the state, teacher and batch shapes; nothing runs."""
     state_sharding = jax.tree.map(lambda x: x.sharding, setup.abstract_state)
     step = jit_train_step(
-        make_train_step(setup.config, setup.models, setup.mesh),
+        methods.make_step(setup.config, setup.models, setup.mesh),
         state_sharding,
-        setup.teacher_sharding,
+        setup.frozen_sharding,
         setup.batch_sharding,
         setup.mesh,
     )
     abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
     batch = {
         f: jax.ShapeDtypeStruct((setup.config.batch_size, *spec[f][0]), jnp.float32, sharding=setup.batch_sharding[f])
-        for f in FIELDS
+        for f in methods.batch_fields(setup.config)
     }
     key = jax.eval_shape(lambda: jax.random.key(0))
-    return step.lower(setup.abstract_state, jax.tree.map(abstract, setup.teacher_params), batch, key).compile()
+    return step.lower(setup.abstract_state, jax.tree.map(abstract, setup.frozen), batch, key).compile()
 
 
 def make_loader(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Loader:
@@ -153,7 +168,7 @@ def make_loader(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> L
         config.batch_size,
         mesh,
         seed=config.seed,
-        fields=FIELDS,
+        fields=methods.batch_fields(config),
         batch_axes=tuple(sharding.LOGICAL_RULES["batch"]),
     )
 
@@ -179,22 +194,23 @@ def train_and_evaluate(
 
     start = time.perf_counter()
     compiled = compile_step(setup, loader.element_spec)
-    report_compiled("LADD", compiled, time.perf_counter() - start)
+    name = methods.method(config).upper()
+    report_compiled(name, compiled, time.perf_counter() - start)
     samples = None
     if config.sample_every and jax.process_index() == 0:
         grids = _sample_grids(config, setup)
         samples = lambda state, path: grids.save(state.ema, path)
     return run_steps(
-        "LADD",
+        name,
         config,
         workdir,
         compiled,
         state,
-        (setup.teacher_params,),
+        (setup.frozen,),
         loader,
         checkpoints,
         meta,
-        dict(d="d_loss", g="g_loss", acc="d_acc"),
+        dict(d="d_loss", g="g_loss", acc="d_acc", lcm="lcm_loss", mse="mse", lpips="perceptual"),
         samples,
         evaluate,
     )[1]
@@ -206,7 +222,7 @@ def _sample_grids(config: ml_collections.ConfigDict, setup: Setup) -> Any:
     teacher = setup.models.teacher
     return SampleGrids(
         config.teacher,
-        (teacher.config, setup.teacher_params),
+        (teacher.config, setup.frozen["teacher"]),
         setup.models.student,
         config.sample_prompts,
         setup.latent_hw,

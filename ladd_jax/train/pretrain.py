@@ -22,16 +22,17 @@ import ml_collections
 import optax
 
 from ladd_jax.convert.mmdit import load_mmdit
-from ladd_jax.errors import LaddError
 from ladd_jax.export import export_student
 from ladd_jax.flow import add_noise, sample_logit_normal
 from ladd_jax.models.mmdit import MMDiT
 from ladd_jax.pipeline import SD3Pipeline
 from ladd_jax.train import sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
-from ladd_jax.train.loop import FIELDS, make_loader, require_folder
+from ladd_jax.train.loop import make_loader, require_folder
 from ladd_jax.train.runner import report_compiled, resume_or_init, run_steps
 from ladd_jax.train.state import compute_fields, optimizer
+from ladd_jax.train.steps import BATCH_FIELDS as FIELDS
+from ladd_jax.train.uncond import empty_prompt
 
 
 @flax.struct.dataclass
@@ -93,17 +94,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     tx = optimizer(config.lr, config)
 
     pipe = SD3Pipeline.from_pretrained(folder)
-    uncond_ctx, _, uncond_pooled, _ = pipe.encode_prompt(
-        [""], max_sequence_length=config.max_sequence_length, do_classifier_free_guidance=False
-    )
-    want = {"context": uncond_ctx.shape[1:], "pooled": uncond_pooled.shape[1:]}
-    got = {k: loader.element_spec[k][0] for k in want}
-    if got != {k: tuple(v) for k, v in want.items()}:
-        raise LaddError(
-            f"the data's text embeddings have shapes {got}, the model folder's encoders give {want} with "
-            f"max_sequence_length={config.max_sequence_length}; encode the data with this folder and that length"
-        )
-    constants = (uncond_ctx[0], uncond_pooled[0])
+    constants = empty_prompt(pipe, config.max_sequence_length, loader.element_spec)
 
     params_sharding = sharding.param_shardings(host, mesh)
     abstract = jax.eval_shape(functools.partial(_init, tx=tx), host)

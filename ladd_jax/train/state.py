@@ -32,13 +32,17 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class Models:
-    """Everything static a step needs: the modules and the optimisers (hashable, closed over by jit)."""
+    """Everything static a step needs: the modules and the optimisers (hashable, closed over by jit). `vae` and
+    `features` are the frozen networks some methods add (ADD: the VAE and a pixel feature network; regression: a
+    latent feature network); their params travel in the step's `frozen` argument beside the teacher's."""
 
     teacher: MMDiT
     student: MMDiT
     disc: Discriminator
     g_tx: optax.GradientTransformation
     d_tx: optax.GradientTransformation
+    vae: Any = None
+    features: Any = None
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
@@ -65,12 +69,13 @@ def optimizer(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTra
     )
 
 
-def disc_config(config: ml_collections.ConfigDict, teacher_layers: int) -> DiscriminatorConfig:
+def disc_config(config: ml_collections.ConfigDict, num_layers: int, source: str = "teacher") -> DiscriminatorConfig:
+    """The heads on `num_layers`-block features (the teacher's, or the feature network's: `source`)."""
     d = config.disc
-    layers = tuple(d.feature_layers) or default_feature_layers(teacher_layers, d.feature_stride)
-    bad = [i for i in layers if not 0 <= i < teacher_layers]
+    layers = tuple(d.feature_layers) or default_feature_layers(num_layers, d.feature_stride)
+    bad = [i for i in layers if not 0 <= i < num_layers]
     if bad:
-        raise LaddError(f"disc.feature_layers {bad} are not blocks of the {teacher_layers}-block teacher")
+        raise LaddError(f"disc.feature_layers {bad} are not blocks of the {num_layers}-block {source}")
     return DiscriminatorConfig(
         feature_layers=layers,
         hidden=d.hidden,
@@ -93,13 +98,28 @@ def compute_fields(config: ml_collections.ConfigDict, remat_policy: str | None =
     )
 
 
-def make_models(config: ml_collections.ConfigDict, teacher: MMDiTConfig, student: MMDiTConfig) -> Models:
+def make_models(
+    config: ml_collections.ConfigDict,
+    teacher: MMDiTConfig,
+    student: MMDiTConfig,
+    vae: Any = None,
+    features: Any = None,
+    heads_on_features: int | None = None,
+) -> Models:
+    """The modules and optimisers. The heads read the teacher's blocks, or, with `heads_on_features` = the number
+    of layers of `features` (a frozen feature network module, ADD's), that network's layers."""
+    if heads_on_features is None:
+        heads = disc_config(config, teacher.num_layers)
+    else:
+        heads = disc_config(config, heads_on_features, type(features).__name__)
     return Models(
         teacher=MMDiT(dataclasses.replace(teacher, **compute_fields(config, config.teacher_remat_policy))),
         student=MMDiT(dataclasses.replace(student, **compute_fields(config))),
-        disc=Discriminator(disc_config(config, teacher.num_layers)),
+        disc=Discriminator(heads),
         g_tx=optimizer(config.g_lr, config),
         d_tx=optimizer(config.d_lr, config),
+        vae=vae,
+        features=features,
     )
 
 

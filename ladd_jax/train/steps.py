@@ -1,4 +1,8 @@
-"""The LADD train step: a pure function (state, teacher_params, batch, key) -> (state, metrics), read top to bottom.
+"""The LADD train step: a pure function (state, frozen, batch, key) -> (state, metrics), read top to bottom.
+
+`frozen` holds the frozen networks' params: "teacher" always; the ADD and regression games add their own
+("vae", "features"). The step composes a `Game` (LADD's here; ADD's pixel-space game and Diffusion2GAN's
+regression game are subclasses, train/add.py and train/regression.py) with the optimisers:
 
     x_t    = (1 - t) x0 + t eps                      t in config.student.timesteps (warm-up probabilities first)
     x0_hat = x_t - t * student(x_t, t)
@@ -11,6 +15,7 @@
                         the gradient reaches the student through the teacher's activations; the teacher's
                         params are closed over, so no gradient w.r.t. them exists
     EMA:                ema <- decay * ema + (1 - decay) * student
+    adv_weight = 0 (regression alone) skips the heads and the D step entirely.
     Controls: disc.train=False skips the D step (heads frozen at initialisation); train_student=False skips the G
     step (the heads alone against a fixed student).
 
@@ -41,9 +46,10 @@ from ladd_jax.train.state import Models, TrainState
 Batch = dict[str, jax.Array]
 BATCH_FIELDS = ("latent", "context", "pooled")
 Draws = dict[str, jax.Array]  # see `step_draws`
+Frozen = dict[str, Any]  # the frozen networks' params, by name ("teacher", ...)
 Features = dict[str, tuple[jax.Array, ...]]  # the D step's teacher features: real, fake (and misaligned)
 Objective = tuple[jax.Array, dict[str, jax.Array]]  # (loss, its parts)
-StepFn = Callable[[TrainState, Any, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+StepFn = Callable[[TrainState, Frozen, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
 GradientsFn = Callable[[Any, Any, Any, Batch, Draws], tuple[dict[str, jax.Array], Any, Any]]
 
 
@@ -75,7 +81,7 @@ def step_draws(config: ml_collections.ConfigDict, step: jax.Array, key: jax.Arra
     )
 
 
-def _ema(ema: Any, params: Any, decay: float) -> Any:
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
@@ -92,13 +98,27 @@ class Game:
     config: ml_collections.ConfigDict
     models: Models
     mesh: Mesh
-    teacher_params: Any
+    frozen: Frozen
     batch: Batch
     draws: Draws
 
     def __post_init__(self):
         # The batch axis pinned to the data axes once, before any transformation traces the pieces.
-        object.__setattr__(self, "batch", {k: constrain_batch(self.batch[k], self.mesh) for k in BATCH_FIELDS})
+        object.__setattr__(self, "batch", {k: constrain_batch(v, self.mesh) for k, v in self.batch.items()})
+
+    @classmethod
+    def step_draws(cls, config: ml_collections.ConfigDict, step: jax.Array, key: jax.Array, shape: tuple) -> Draws:
+        """This game's random numbers of step `step` (a subclass may add its own)."""
+        return step_draws(config, step, key, shape)
+
+    @property
+    def teacher_params(self) -> Any:
+        return self.frozen["teacher"]
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether heads play at all (the regression baselines may run without them)."""
+        return self.config.adv_weight > 0
 
     @property
     def inputs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -161,11 +181,13 @@ class Game:
         return loss, aux
 
     def g_objective(self, disc_params: Any, x0_hat: jax.Array) -> Objective:
-        """g_loss(D(fake(x0_hat))) (+ lambda * distill): differentiated w.r.t. x0_hat, through the teacher."""
+        """adv_weight * g_loss(D(fake(x0_hat))) (+ lambda * distill): differentiated w.r.t. x0_hat, through the
+        teacher."""
         _, ctx, pooled = self.inputs
         eps_fake = self.draws["eps_fake"]
         loss = g_loss(self.heads(disc_params, self.features(x0_hat, eps_fake, ctx, pooled)), self.config.loss)
         aux = dict(g_loss=loss)
+        loss = self.config.adv_weight * loss
         if self.config.distill_weight:  # ADD: match the teacher's denoised estimate of the re-noised sample
             t_d = self.draws["t_distill"]
             x_d = add_noise(jax.lax.stop_gradient(x0_hat), eps_fake, t_d)
@@ -175,33 +197,35 @@ class Game:
         return loss, aux
 
 
-def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mesh) -> StepFn:
-    """The step for `config`; jit it with `jit_train_step`."""
+def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mesh, game: type[Game] = Game) -> StepFn:
+    """The step for `config` playing `game`; jit it with `jit_train_step`."""
 
-    def train_step(state: TrainState, teacher_params: Any, batch: Batch, key: jax.Array):
-        draws = step_draws(config, state.step, key, batch["latent"].shape)
-        game = Game(config, models, mesh, teacher_params, batch, draws)
+    def train_step(state: TrainState, frozen: Frozen, batch: Batch, key: jax.Array):
+        draws = game.step_draws(config, state.step, key, batch["latent"].shape)
+        play = game(config, models, mesh, frozen, batch, draws)
 
         # The student's forward pass runs once: its output is a constant for D, and `pull_back` carries the G
         # step's gradient w.r.t. x0_hat back to the student's params (the params do not change in between).
-        x0_hat, pull_back = jax.vjp(game.generate, state.student)
+        x0_hat, pull_back = jax.vjp(play.generate, state.student)
 
         # ---------------------------------------------------------------- D step(s): heads only, teacher constant
-        d_objective = functools.partial(game.d_objective, feats=game.d_features(jax.lax.stop_gradient(x0_hat)))
         disc, d_opt = state.disc, state.d_opt
         d_metrics = {}
-        if not config.disc.train:  # the control: heads frozen at their initialisation, only measured
-            d_total, d_aux = d_objective(disc)
-        for _ in range(config.d_steps if config.disc.train else 0):
-            (d_total, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(disc)
-            updates, d_opt = models.d_tx.update(d_grads, d_opt, disc)
-            disc = optax.apply_updates(disc, updates)
-            d_metrics["d_grad_norm"] = optax.tree.norm(d_grads)
+        if play.adversarial:
+            d_objective = functools.partial(play.d_objective, feats=play.d_features(jax.lax.stop_gradient(x0_hat)))
+            if not config.disc.train:  # the control: heads frozen at their initialisation, only measured
+                d_total, d_aux = d_objective(disc)
+            for _ in range(config.d_steps if config.disc.train else 0):
+                (d_total, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(disc)
+                updates, d_opt = models.d_tx.update(d_grads, d_opt, disc)
+                disc = optax.apply_updates(disc, updates)
+                d_metrics["d_grad_norm"] = optax.tree.norm(d_grads)
+            d_metrics.update(d_loss=d_total, logit_gap=d_aux["logits_real"] - d_aux["logits_fake"], **d_aux)
 
         # ---------------------------------------------------------------- G step: student only, through the teacher
         student, g_opt, g_metrics = state.student, state.g_opt, {}
         if config.train_student:  # otherwise the heads alone learn against the fixed student (a diagnostic)
-            g_objective = functools.partial(game.g_objective, disc)
+            g_objective = functools.partial(play.g_objective, disc)
             (g_total, g_aux), x0_grad = jax.value_and_grad(g_objective, has_aux=True)(x0_hat)
             (g_grads,) = pull_back(x0_grad)
             updates, g_opt = models.g_tx.update(g_grads, g_opt, student)
@@ -211,20 +235,12 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         new_state = state.replace(
             step=state.step + 1,
             student=student,
-            ema=_ema(state.ema, student, config.ema_decay),
+            ema=ema_update(state.ema, student, config.ema_decay),
             disc=disc,
             g_opt=g_opt,
             d_opt=d_opt,
         )
-        metrics = dict(
-            d_loss=d_total,
-            logit_gap=d_aux["logits_real"] - d_aux["logits_fake"],
-            student_t=jnp.mean(draws["t"]),
-            t_hat=jnp.mean(draws["t_hat"]),
-            **d_aux,
-            **d_metrics,
-            **g_metrics,
-        )
+        metrics = dict(student_t=jnp.mean(draws["t"]), t_hat=jnp.mean(draws["t_hat"]), **d_metrics, **g_metrics)
         return new_state, metrics
 
     return train_step
@@ -241,7 +257,7 @@ def make_step_gradients(config: ml_collections.ConfigDict, models: Models, mesh:
     """
 
     def step_gradients(student: Any, heads: Any, teacher_params: Any, batch: Batch, draws: Draws):
-        game = Game(config, models, mesh, teacher_params, batch, draws)
+        game = Game(config, models, mesh, dict(teacher=teacher_params), batch, draws)
         x0_hat, pull_back = jax.vjp(game.generate, student)
         d_objective = functools.partial(game.d_objective, feats=game.d_features(jax.lax.stop_gradient(x0_hat)))
         (d_total, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(heads)
@@ -253,12 +269,12 @@ def make_step_gradients(config: ml_collections.ConfigDict, models: Models, mesh:
     return step_gradients
 
 
-def jit_train_step(step_fn: StepFn, state_sharding: Any, teacher_sharding: Any, batch_sharding: Any, mesh: Mesh):
-    """jax.jit with explicit shardings; the state is donated (updated in place), the teacher never is."""
+def jit_train_step(step_fn: StepFn, state_sharding: Any, frozen_sharding: Any, batch_sharding: Any, mesh: Mesh):
+    """jax.jit with explicit shardings; the state is donated (updated in place), the frozen networks never are."""
     replicated = NamedSharding(mesh, P())
     return jax.jit(
         sharded_trace(step_fn, mesh),
-        in_shardings=(state_sharding, teacher_sharding, batch_sharding, replicated),
+        in_shardings=(state_sharding, frozen_sharding, batch_sharding, replicated),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )

@@ -1,0 +1,43 @@
+"""Diffusion2GAN-style regression in the LADD trainer (ladd_jax/train/regression.py): the 1-step student maps the
+noise each synthetic latent was sampled from to that latent (the ODE pairs `ladd-jax synth` stores).
+
+    ladd-jax train --config configs/d2g.py:VARIANT[-LOSS] --workdir W --config.teacher=DIR --config.data=DIR
+                   [--config.features=DIR]
+
+VARIANT: as configs/ladd.py ("tiny", "toy", "sd3-medium", ...). LOSS:
+    mse    (a) mean squared error in latent space (the default)
+    lpips  (b) the ensembled latent perceptual distance; --config.features names the latent feature network
+           (the toy world's: `python -m ladd_jax.toy.latent_features --teacher DIR --out DIR`)
+    gan    (c) lpips plus LADD's adversarial term on the teacher's features (Diffusion2GAN's full objective,
+           with LADD's heads in place of its conditional GAN discriminator)
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+from ladd_jax.config_files import load_config_file
+
+# LOSS -> (mse_weight, perceptual_weight, adv_weight)
+LOSSES = {"mse": (1.0, 0.0, 0.0), "lpips": (0.0, 1.0, 0.0), "gan": (0.0, 1.0, 0.1)}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant, _, loss = (arg or "tiny").partition("-")
+    loss = loss or "mse"
+    if loss not in LOSSES:
+        raise ValueError(f"unknown d2g loss {loss!r}; choose one of {sorted(LOSSES)} (e.g. configs/d2g.py:toy-lpips)")
+    c = load_config_file(Path(__file__).with_name("ladd.py"), variant)
+    c.method = "d2g"
+    c.features = ""  # the latent feature network folder (LOSS lpips and gan)
+    c.regression = ml_collections.ConfigDict()
+    # Diffusion2GAN weighs its GAN term 0.05-0.1 against E-LatentLPIPS at SD scale; adv_weight is that weight.
+    c.regression.mse_weight, c.regression.perceptual_weight, c.adv_weight = LOSSES[loss]
+    c.regression.num_draws = 4  # augmentation draws per distance (the ensemble)
+    c.regression.augment = ml_collections.ConfigDict()
+    c.regression.augment.translate = 2  # latent pixels
+    c.regression.augment.cutout = 0.25  # fraction of each side
+    c.regression.augment.flip = False  # captions name left and right: a flip would change what both inputs show
+    c.student.timesteps, c.student.probs, c.student.warmup_probs = (1.0,), (1.0,), (1.0,)  # one step, from noise
+    c.b1 = 0.9  # Adam's default: a regression (the adversarial games use b1 = 0)
+    return c

@@ -1,0 +1,107 @@
+"""The distillation methods of the one trainer (`config.method`), and what each adds to LADD's setup.
+
+    ladd  LADD: heads on the frozen teacher's features of re-noised latents                    train/steps.py
+    add   ADD: heads on a frozen pixel feature network (DINOv2) of VAE-decoded samples, hinge
+          + R1, plus the distillation loss in pixel space                                      train/add.py
+    lcm   latent consistency distillation carried to rectified flow                            train/lcm.py
+    d2g   Diffusion2GAN-style regression of the teacher's ODE pairs (noise -> latent): MSE
+          and/or an ensembled latent perceptual distance, + LADD's adversarial term
+          (adv_weight > 0)                                                                     train/regression.py
+
+Every method shares the state (student, EMA, heads, optimisers), sharding, checkpoints, resume, metrics and export;
+a method without heads keeps an empty head tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from jax.sharding import Mesh
+
+from ladd_jax.errors import LaddError
+from ladd_jax.train.state import Models
+from ladd_jax.train.steps import BATCH_FIELDS, StepFn, make_train_step
+
+METHODS = ("ladd", "add", "lcm", "d2g")
+
+
+@dataclasses.dataclass
+class FrozenNetworks:
+    """What a method adds to the teacher: modules for `Models` and host params for the step's `frozen` argument."""
+
+    modules: dict[str, Any] = dataclasses.field(default_factory=dict)  # "vae", "features"
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    heads_on_features: int | None = None  # the feature network's depth, when the heads read it (ADD)
+    feature_dim: int | None = None  # the heads' input width when not the teacher's
+
+
+def method(config: ml_collections.ConfigDict) -> str:
+    name = config.get("method", "ladd")
+    if name not in METHODS:
+        raise LaddError(f"config.method={name!r} is not a method; use one of {METHODS}")
+    if name == "lcm" and config.adv_weight:
+        raise LaddError("lcm has no discriminator: set adv_weight=0 (or train method d2g/ladd for an adversarial term)")
+    return name
+
+
+def uses_heads(config: ml_collections.ConfigDict) -> bool:
+    return config.adv_weight > 0
+
+
+def batch_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The record fields a step reads: regression also needs the noise each teacher latent came from."""
+    return BATCH_FIELDS + (("noise",) if method(config) == "d2g" else ())
+
+
+def _require(config: ml_collections.ConfigDict, key: str, what: str) -> Path:
+    value = config.get(key)
+    if not value or not Path(value).is_dir():
+        raise LaddError(f"config.{key}={value!r} is not a folder; pass --config.{key}=DIR ({what})")
+    return Path(value)
+
+
+def frozen_networks(
+    config: ml_collections.ConfigDict, teacher_folder: Path | None, element_spec: dict
+) -> FrozenNetworks:
+    """Loads what `config.method` needs beyond the teacher (nothing for LADD)."""
+    name = method(config)
+    if name == "lcm":  # the teacher's CFG needs the empty prompt's embeddings
+        from ladd_jax.pipeline import SD3Pipeline
+        from ladd_jax.train.uncond import empty_prompt
+
+        pipe = SD3Pipeline.from_pretrained(teacher_folder)
+        ctx, pooled = empty_prompt(pipe, config.max_sequence_length, element_spec)
+        return FrozenNetworks(params=dict(empty_context=ctx, empty_pooled=pooled))
+    if name == "add":
+        from ladd_jax.train.add import load_add_networks
+
+        what = "a transformers Dinov2 folder: DINOv2, or the toy world's pixel feature network"
+        return load_add_networks(config, teacher_folder, _require(config, "features", what))
+    if name == "d2g" and config.regression.perceptual_weight:
+        from ladd_jax.models.latent_perceptual import LatentFeatureNet, load_latent_features
+
+        what = "a latent feature network folder (the toy world's: python -m ladd_jax.toy.latent_features)"
+        net_config, params = load_latent_features(_require(config, "features", what))
+        return FrozenNetworks(modules=dict(features=LatentFeatureNet(net_config)), params=dict(features=params))
+    return FrozenNetworks()
+
+
+def make_step(config: ml_collections.ConfigDict, models: Models, mesh: Mesh) -> StepFn:
+    """The pure train step of `config.method`; jit it with `steps.jit_train_step`."""
+    name = method(config)
+    if name == "lcm":
+        from ladd_jax.train.lcm import make_lcm_step
+
+        return make_lcm_step(config, models, mesh)
+    if name == "add":
+        from ladd_jax.train.add import PixelGame
+
+        return make_train_step(config, models, mesh, game=PixelGame)
+    if name == "d2g":
+        from ladd_jax.train.regression import RegressionGame
+
+        return make_train_step(config, models, mesh, game=RegressionGame)
+    return make_train_step(config, models, mesh)

@@ -1,0 +1,171 @@
+"""The baselines in the one trainer (train/methods.py: ADD, LCM, Diffusion2GAN regression) on the tiny world: each
+step's loss against a hand computation, resume equal to an uninterrupted run, the export loading in diffusers, and
+the regression step on a simulated 8-device mesh equal to 1 device."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_train import assert_trees_equal, run_mesh, saved_params, tiny_config
+
+from ladd_jax.errors import LaddError
+from ladd_jax.flow import flow_match_sigmas
+from ladd_jax.models.vae import AutoencoderKL, unscale_latents
+from ladd_jax.train import methods, sharding
+from ladd_jax.train.loop import build, make_loader, train_and_evaluate
+from ladd_jax.train.state import init_state
+from ladd_jax.train.steps import step_draws
+from ladd_jax.train.writer import read_metrics
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory) -> dict[str, str]:
+    """Tiny random feature networks: a transformers-layout Dinov2 folder (ADD) and a latent feature folder (d2g)."""
+    from ladd_jax.convert.dinov2 import save_dinov2
+    from ladd_jax.models.dinov2 import Dinov2, Dinov2Config
+    from ladd_jax.models.latent_perceptual import LatentFeatureConfig, init_latent_features, save_latent_features
+
+    root = tmp_path_factory.mktemp("features")
+    dino = Dinov2Config(
+        hidden_size=16, num_hidden_layers=3, num_attention_heads=2, image_size=64, patch_size=8, use_mask_token=False
+    )
+    params = Dinov2(dino).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    save_dinov2(dino, params, root / "dino")
+    latent = LatentFeatureConfig(in_channels=16, channels=(8, 16), blocks=1, groups=4)
+    save_latent_features(root / "latent", latent, init_latent_features(latent, jax.random.key(1)), {})
+    return dict(dino=str(root / "dino"), latent=str(root / "latent"))
+
+
+METHOD_CONFIGS = {  # name -> (config file, overrides); features: which folder
+    "lcm": ("lcm", {}),
+    "d2g-gan": ("d2g", {"regression.perceptual_weight": 1.0, "adv_weight": 0.1}),
+    "add": ("add", {"disc.feature_stride": 2}),
+}
+
+
+def method_config(world: dict, features: dict, name: str, **overrides):
+    file, base = METHOD_CONFIGS[name]
+    c = tiny_config(world, file, **base, **overrides)
+    c.features = {"add": features["dino"], "d2g": features["latent"]}.get(file, "")
+    return c
+
+
+def one_step(config):
+    """(setup, state before, state after, metrics, batch, key) of the first train step."""
+    mesh = sharding.make_mesh()
+    loader = make_loader(config, mesh)
+    setup, student, heads = build(config, loader.element_spec, mesh)
+    state = init_state(setup.models, student, heads)
+    batch, key = next(loader), jax.random.key(config.seed)
+    loader.close()
+    step = jax.jit(methods.make_step(config, setup.models, mesh))
+    new_state, metrics = step(jax.tree.map(jnp.copy, state), setup.frozen, batch, key)
+    return setup, state, new_state, jax.device_get(metrics), batch, key
+
+
+def test_lcm_loss_by_hand(world, features):
+    c = method_config(world, features, "lcm", **{"lcm.num_steps": 4, "lcm.skip": 2})
+    setup, state, _, metrics, batch, key = one_step(c)
+    x0, ctx, pooled = (np.asarray(batch[k]) for k in ("latent", "context", "pooled"))
+    b = len(x0)
+    k_i, k_eps, _ = jax.random.split(jax.random.fold_in(key, 0), 3)
+    i = np.asarray(jax.random.randint(k_i, (b,), 0, 3))
+    sig = flow_match_sigmas(4, 3.0)
+    t, s = sig[i].astype(np.float32), sig[i + 2].astype(np.float32)
+    col = lambda a: a[:, None, None, None]
+    x_t = (1 - col(t)) * x0 + col(t) * np.asarray(jax.random.normal(k_eps, x0.shape))
+    v = lambda params, x, time, c_, p_: np.asarray(setup.models.teacher.apply({"params": params}, x, time, c_, p_))
+    empty_c = np.broadcast_to(np.asarray(setup.frozen["empty_context"]), ctx.shape)
+    empty_p = np.broadcast_to(np.asarray(setup.frozen["empty_pooled"]), pooled.shape)
+    teacher = setup.frozen["teacher"]
+    v_u, v_c = v(teacher, x_t, t, empty_c, empty_p), v(teacher, x_t, t, ctx, pooled)
+    w = c.teacher_cfg
+    x_s = x_t + col(s - t) * (v_u + w * (v_c - v_u))  # one Euler step of the guided flow
+    target = x_s - col(s) * v(state.ema, x_s, s, ctx, pooled)  # f = x - t v; at s = 0, exactly x_s
+    pred = x_t - col(t) * v(state.student, x_t, t, ctx, pooled)
+    huber = np.mean(np.sqrt((pred - target) ** 2 + c.lcm.huber_c**2) - c.lcm.huber_c)
+    np.testing.assert_allclose(metrics["lcm_loss"], huber, rtol=2e-4)
+    assert 0 in i or 1 in i or 2 in i
+
+
+def test_d2g_losses_by_hand(world, features):
+    c = method_config(world, features, "d2g-gan")
+    setup, state, _, metrics, batch, key = one_step(c)
+    x0, ctx, pooled, z = (np.asarray(batch[k]) for k in ("latent", "context", "pooled", "noise"))
+    ones = np.ones(len(z), np.float32)
+    x0_hat = z - np.asarray(setup.models.student.apply({"params": state.student}, z, ones, ctx, pooled))
+    np.testing.assert_allclose(metrics["mse"], np.mean((x0_hat - x0) ** 2), rtol=1e-4)
+    assert metrics["student_t"] == 1.0
+    assert metrics["perceptual"] > 0 and np.isfinite(metrics["g_loss"]) and metrics["d_grad_norm"] > 0
+    r = c.regression  # d2g-gan here: mse 1 (tiny's default loss), perceptual 1, adv 0.1
+    total = r.mse_weight * metrics["mse"] + r.perceptual_weight * metrics["perceptual"] + 0.1 * metrics["g_loss"]
+    np.testing.assert_allclose(metrics["g_total"], total, rtol=1e-4)
+
+
+def test_add_distillation_by_hand(world, features):
+    c = method_config(world, features, "add")
+    setup, state, new_state, metrics, batch, key = one_step(c)
+    x0, ctx, pooled = (np.asarray(batch[k]) for k in ("latent", "context", "pooled"))
+    draws = jax.device_get(step_draws(c, jnp.zeros((), jnp.int32), key, x0.shape))
+    col = lambda a: a[:, None, None, None]
+    apply = lambda p, x, t: np.asarray(setup.models.student.apply({"params": p}, x, t, ctx, pooled))
+    x_t = (1 - col(draws["t"])) * x0 + col(draws["t"]) * draws["eps"]
+    x0_hat = x_t - col(draws["t"]) * apply(state.student, x_t, draws["t"])
+    t_d = draws["t_distill"]
+    x_d = (1 - col(t_d)) * x0_hat + col(t_d) * draws["eps_fake"]
+    target = x_d - col(t_d) * apply(setup.frozen["teacher"], x_d, t_d)
+    vae = setup.models.vae
+
+    def pixels(latents):
+        z = unscale_latents(jnp.asarray(latents), vae.config)
+        return np.asarray(vae.apply({"params": setup.frozen["vae"]}, z, method=AutoencoderKL.decode))
+
+    per_sample = np.mean((pixels(x0_hat) - pixels(target)) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(metrics["distill"], np.mean((1 - t_d) * per_sample), rtol=1e-3)
+    np.testing.assert_allclose(metrics["g_total"], metrics["g_loss"] + 2.5 * metrics["distill"], rtol=1e-5)
+    assert metrics["r1"] >= 0 and metrics["d_grad_norm"] > 0
+    assert len(setup.models.disc.config.feature_layers) == 2  # stride 2 over the 3 Dinov2 blocks: 0 and 2
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
+def test_resume_equals_uninterrupted_and_export_loads(world, features, name, tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    from ladd_jax.train.export import export_workdir
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_and_evaluate(method_config(world, features, name), straight)
+    train_and_evaluate(method_config(world, features, name, total_steps=2), resumed)
+    train_and_evaluate(method_config(world, features, name), resumed)
+    assert_trees_equal(saved_params(resumed, 4), saved_params(straight, 4))
+    assert_trees_equal(saved_params(resumed, 4, "ema"), saved_params(straight, 4, "ema"))
+    timing = ("step_time_s", "img_per_s", "mfu")
+    losses = lambda w: [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(w)]
+    assert losses(resumed) == losses(straight)
+    out = export_workdir(straight, tmp_path / "export", ema=True)
+    model = SD3Transformer2DModel.from_pretrained(out / "transformer")
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_regression_on_eight_devices_equals_one(world, tmp_path):
+    over = {"adv_weight": 0.1}  # MSE plus the adversarial term: the student's and the heads' paths both sharded
+    run_mesh(world, tmp_path / "one", devices=1, data_axis=1, fsdp=1, method="d2g", **over)
+    run_mesh(world, tmp_path / "eight", devices=8, data_axis=2, fsdp=4, method="d2g", **over)
+    one, eight = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "eight")
+    for a, b in zip(one, eight, strict=True):
+        for k in ("mse", "g_loss", "d_loss"):
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert_trees_equal(saved_params(tmp_path / "eight", 2), saved_params(tmp_path / "one", 2), atol=1e-5)
+
+
+def test_method_errors(world, features, tmp_path):
+    unknown = tiny_config(world)
+    unknown.method = "gan"
+    with pytest.raises(LaddError, match="config.method"):
+        train_and_evaluate(unknown, tmp_path)
+    with pytest.raises(LaddError, match="config.features"):
+        train_and_evaluate(tiny_config(world, "add"), tmp_path)
+    with pytest.raises(LaddError, match="lcm.skip"):
+        train_and_evaluate(method_config(world, features, "lcm", **{"lcm.skip": 99}), tmp_path)
