@@ -1,13 +1,16 @@
-"""Short LADD runs in the toy world, one per set of config overrides, each measured like the demo's curves: the
-EMA student's 1-step FD and alignment on held-out test prompts every EVAL_EVERY steps, beside D accuracy and the
-logit gap. How the toy config's game settings were chosen (README, "Tuning the game").
+"""Short runs of the trainer in the toy world (LADD, or any method of train/methods.py), one per config and set of
+overrides, each measured like the demo's curves: the EMA student's 1-step FD and alignment on held-out test prompts
+every EVAL_EVERY steps, beside D accuracy and the logit gap. Each run's EMA student is exported to OUT/NAME/student
+(for `ladd-jax evaluate`) and its wall-clock recorded. How the toy config's game settings were chosen (README,
+"Tuning the game"), and the method comparison (README, "Baselines").
 
     python launch/toy_ladd_sweep.py --out runs/sweep --steps 300 \
-        --run base= --run ns=loss=non_saturating --run d4=d_steps=4,d_lr=3e-4
+        --run base= --run ns=loss=non_saturating --run d4=d_steps=4,d_lr=3e-4 \
+        --run lcm@lcm:toy= --run mse@d2g:toy-mse= --run add@add:toy=features=runs/pixel_features
 
-Each --run is NAME=KEY=VALUE,KEY=VALUE (values are Python literals; nested keys with dots). The synthetic data
-(512 train-split prompts, the demo's settings) is made once in OUT/synth. Prints one JSON line per run and writes
-OUT/sweep.json and OUT/sweep.png.
+Each --run is NAME[@FILE:VARIANT]=KEY=VALUE,KEY=VALUE: configs/FILE.py:VARIANT (default ladd:toy), values Python
+literals, nested keys with dots. The synthetic data (512 train-split prompts, the demo's settings) is made once in
+OUT/synth. Prints one JSON line per run and writes OUT/sweep.json.
 """
 
 from __future__ import annotations
@@ -15,15 +18,20 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import time
 from pathlib import Path
 
-from ladd_jax.toy.demo import ASSETS, DemoConfig, Measure, Sampler, load_ladd_config
+from ladd_jax.config_files import load_config_file
+from ladd_jax.toy.demo import ASSETS, ROOT, DemoConfig, Measure, Sampler
+from ladd_jax.train.export import export_workdir
 from ladd_jax.train.loop import train_and_evaluate
 from ladd_jax.train.writer import read_metrics
 
 
-def parse_run(text: str) -> tuple[str, dict]:
-    name, _, rest = text.partition("=")
+def parse_run(text: str) -> tuple[str, str, dict]:
+    """NAME[@FILE:VARIANT]=overrides -> (name, "FILE:VARIANT", overrides)."""
+    head, _, rest = text.partition("=")
+    name, _, spec = head.partition("@")
     overrides = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
@@ -31,7 +39,7 @@ def parse_run(text: str) -> tuple[str, dict]:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             overrides[key] = value
-    return name, overrides
+    return name, spec or "ladd:toy", overrides
 
 
 def apply(config, overrides: dict):
@@ -83,30 +91,37 @@ def main() -> None:
 
     results = {}
     for text in args.run:
-        name, overrides = parse_run(text)
-        c = load_ladd_config("toy")
+        name, spec, overrides = parse_run(text)
+        file, _, variant = spec.partition(":")
+        c = load_config_file(ROOT / "configs" / f"{file}.py", variant or "toy")
         c.teacher, c.data = args.teacher, str(out / "synth")
         c.total_steps = c.checkpoint_every = args.steps
         c.eval_every = args.eval_every
         apply(c, overrides)
         workdir = out / name
+        start = time.perf_counter()
         train_and_evaluate(c, workdir, evaluate=probe)
+        seconds = time.perf_counter() - start  # training with its eval probes, as every run pays for them
+        export_workdir(workdir, workdir / "student", ema=True, overwrite=True)
         rows = read_metrics(workdir)
         curve = [(r["step"], r["eval/fd_1step"], r["eval/alignment_1step"]) for r in rows if "eval/fd_1step" in r]
         acc = [(r["step"], r["d_acc"], r["logit_gap"]) for r in rows if "d_acc" in r]
-        results[name] = dict(overrides=overrides, curve=curve, d_acc=acc)
+        budget = dict(steps=c.total_steps, batch=c.batch_size, seconds=seconds)
+        results[name] = dict(config=spec, overrides=overrides, curve=curve, d_acc=acc, **budget)
         print(
             json.dumps(
                 {
                     "run": name,
+                    "config": spec,
                     "overrides": overrides,
+                    "seconds": round(seconds),
                     "fd": [round(x[1]) for x in curve],
                     "align": [round(x[2], 3) for x in curve],
                     "d_acc": [round(x[1], 2) for x in acc],
                 }
             )
         )
-    (out / "sweep.json").write_text(json.dumps(results, indent=1))
+        (out / "sweep.json").write_text(json.dumps(results, indent=1))  # after every run: partial results survive
 
 
 if __name__ == "__main__":

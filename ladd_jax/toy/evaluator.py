@@ -199,8 +199,9 @@ def accuracy(predicted: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> d
     return {k: float(v) for k, v in result.items()}
 
 
-def _loss(net: EvaluatorNet, params: Any, x: jax.Array, labels: dict[str, jax.Array]) -> jax.Array:
-    _, logits = net.apply({"params": params}, x)
+def label_loss(logits: dict[str, jax.Array], labels: dict[str, jax.Array]) -> jax.Array:
+    """Summed mean cross-entropy of the labels that apply (axis and slot 1 only for two-object scenes), for
+    any net with `EvaluatorNet`'s logits layout (the toy latent feature net trains on it too)."""
     ce = optax.softmax_cross_entropy_with_integer_labels
     two = (labels["count"] == 1).astype(jnp.float32)
     loss = ce(logits["count"], labels["count"]).mean() + (ce(logits["axis"], labels["axis"]) * two).mean()
@@ -208,6 +209,10 @@ def _loss(net: EvaluatorNet, params: Any, x: jax.Array, labels: dict[str, jax.Ar
     for name in ATTRIBUTES:
         loss += (ce(logits[name], labels[name]) * slot_weight).sum(axis=1).mean()
     return loss
+
+
+def _loss(net: EvaluatorNet, params: Any, x: jax.Array, labels: dict[str, jax.Array]) -> jax.Array:
+    return label_loss(net.apply({"params": params}, x)[1], labels)
 
 
 def add_pixel_noise(x: jax.Array, key: jax.Array, max_std: float) -> jax.Array:
