@@ -59,4 +59,8 @@ export_params "$WORK/toy-continue" 3000 "$WORK/toy-continue_params"
 pretrain toy-shift "$WORK/toy-continue_params" "$WORK/real_16384" "$WORK/teacher_toy-shift"
 export_params "$WORK/toy-shift" 8000 "$WORK/toy-shift_params"
 pretrain toy-refine "$WORK/toy-shift_params" "$WORK/real_16384" "$ASSETS/teacher"
+# The baselines' frozen feature networks (never the evaluator): Diffusion2GAN's latent perceptual network and
+# ADD's pixel network (a tiny Dinov2), each trained on train-split renders of the teacher's world.
+python -m ladd_jax.toy.latent_features --teacher "$ASSETS/teacher" --out "$ASSETS/latent_features" --overwrite
+python -m ladd_jax.toy.pixel_features --teacher "$ASSETS/teacher" --out "$ASSETS/pixel_features" --overwrite
 du -sh "$ASSETS"/*
