@@ -15,12 +15,15 @@ import ml_collections
 
 from ladd_jax.config_files import load_config_file
 
+TOY_ASSETS = Path(__file__).resolve().parents[1] / "ladd_jax" / "toy" / "assets"
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = load_config_file(Path(__file__).with_name("ladd.py"), arg)
     small = c.variant in ("tiny", "toy")
     c.method = "add"
-    c.features = ""
+    # The pixel feature network folder; the toy variant uses the shipped toy network (a tiny Dinov2).
+    c.features = str(TOY_ASSETS / "pixel_features") if c.variant == "toy" else ""
     c.add = ml_collections.ConfigDict()
     c.add.features_size = 64 if small else 224  # pixels fed to the feature network (ADD: 224 for DINOv2)
     c.add.pixel_mean = (0.485, 0.456, 0.406)  # DINOv2's ImageNet normalisation (the toy network's too)

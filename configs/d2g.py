@@ -18,6 +18,7 @@ import ml_collections
 
 from ladd_jax.config_files import load_config_file
 
+TOY_ASSETS = Path(__file__).resolve().parents[1] / "ladd_jax" / "toy" / "assets"
 # LOSS -> (mse_weight, perceptual_weight, adv_weight)
 LOSSES = {"mse": (1.0, 0.0, 0.0), "lpips": (0.0, 1.0, 0.0), "gan": (0.0, 1.0, 0.1)}
 
@@ -29,7 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown d2g loss {loss!r}; choose one of {sorted(LOSSES)} (e.g. configs/d2g.py:toy-lpips)")
     c = load_config_file(Path(__file__).with_name("ladd.py"), variant)
     c.method = "d2g"
-    c.features = ""  # the latent feature network folder (LOSS lpips and gan)
+    # The latent feature network folder (LOSS lpips and gan); the toy variant uses the shipped toy network.
+    c.features = str(TOY_ASSETS / "latent_features") if variant == "toy" else ""
     c.regression = ml_collections.ConfigDict()
     # Diffusion2GAN weighs its GAN term 0.05-0.1 against E-LatentLPIPS at SD scale; adv_weight is that weight.
     c.regression.mse_weight, c.regression.perceptual_weight, c.adv_weight = LOSSES[loss]

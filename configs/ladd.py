@@ -135,5 +135,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.log_every = 5
         c.checkpoint_every = 50
         c.sample_every = 0  # the demo draws its own grids
+        c.teacher_sample_steps, c.teacher_cfg = 20, 3.0  # the toy teacher's sampling (the demo's synth settings)
         c.max_sequence_length = 16
     return c
