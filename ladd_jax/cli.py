@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ladd_jax.sample import add_sample_parser
     from ladd_jax.toy.components import add_toy_components_parser
     from ladd_jax.toy.demo import add_demo_parser
+    from ladd_jax.toy.evaluate import add_evaluate_parser
     from ladd_jax.toy.evaluator_command import add_toy_evaluator_parser
     from ladd_jax.train.main import add_train_parsers
 
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_records_parser(sub)
     add_train_parsers(sub)
     add_demo_parser(sub)
+    add_evaluate_parser(sub)
     add_toy_evaluator_parser(sub)
     return parser
 

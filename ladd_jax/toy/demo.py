@@ -10,7 +10,8 @@ From the shipped toy checkpoints (`ladd_jax/toy/assets/`: a pretrained toy SD3 t
   4. samples train- and test-split prompts with the teacher (full steps + CFG; 1, 2, 4 steps + CFG on the
      student's schedule; 1 step without CFG, exactly the student's initialisation), the student and the control
      (1, 2, 4 steps), and measures each row with the evaluator: FD (Frechet distance to real renders of the
-     split, in the evaluator's features) and alignment (share of images showing exactly what the prompt asks),
+     split, in the evaluator's features) and alignment (share of images showing exactly what the prompt asks):
+     `evaluate_students`, what `ladd-jax evaluate` runs for any exported students,
   5. writes report.md, report.html, metrics.json (with the targets and whether each holds), labelled grids and
      the training curves.
 """
@@ -19,137 +20,51 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from tqdm.auto import tqdm
 
-from ladd_jax.errors import LaddError
+# launch/toy_*.py import ASSETS, Measure and Sampler from here too.
+from ladd_jax.toy.evaluate import (
+    ASSETS,
+    TEACHER_FIX,
+    EvalConfig,
+    Measure,
+    Sampler,
+    evaluate_students,
+    make_out_dir,
+    print_rows,
+    require_pipeline_folder,
+)
+from ladd_jax.toy.evaluate import QUICK as EVAL_QUICK
 
 ROOT = Path(__file__).resolve().parents[2]
-ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(EvalConfig):
+    """The evaluation's settings (`EvalConfig`: synth_steps also makes the synthetic latents) and the runs'."""
+
     teacher: Path = ASSETS / "teacher"
     evaluator: Path = ASSETS / "evaluator"
     synth_prompts: int = 512  # train-split prompts the teacher turns into synthetic latents
-    synth_steps: int = 20
-    cfg: float = 3.0
     ladd_steps: int = 300
     control: bool = True  # also run the frozen-random-heads control
-    eval_prompts: int = 256  # per split, one image each per row (FD's floor falls as 1/N)
-    reference_images: int = 1024  # real renders per split for the FD reference statistics
     curve_prompts: int = 128  # held-out test prompts for the FD/alignment curves during training
     eval_every: int = 25  # LADD steps between two points of those curves
-    grid_prompts: int = 2  # per split
-    grid_seeds: int = 4
-    student_steps: tuple[int, ...] = (1, 2, 4)
-    seed: int = 0
 
 
-QUICK = dict(
-    synth_prompts=64,
-    synth_steps=8,
-    ladd_steps=12,
-    eval_prompts=48,
-    reference_images=256,
-    curve_prompts=32,
-    eval_every=6,
-    grid_prompts=1,
-    grid_seeds=2,
-)
+QUICK = dict(EVAL_QUICK, synth_prompts=64, ladd_steps=12, curve_prompts=32, eval_every=6)
 
 
 def load_ladd_config(variant: str) -> Any:
     """configs/ladd.py:VARIANT from the checkout (configs/ is data, not an installed package)."""
-    path = ROOT / "configs" / "ladd.py"
-    if not path.exists():
-        raise LaddError(f"{path} is missing; run the demo from a checkout of ladd_jax (pip install -e .)")
-    spec = importlib.util.spec_from_file_location("ladd_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    from ladd_jax.config_files import load_config_file
 
-
-def make_out_dir(out: str | Path) -> Path:
-    """The output folder, created; one clear error where it cannot be."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise LaddError(f"cannot write the demo's output folder {out} ({e.strerror}); choose another --out") from None
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- sampling
-
-
-class Sampler:
-    """Samples a fixed set of prompts, all rows from the same initial noise, with any transformer params."""
-
-    def __init__(self, pipe: Any, prompts: list[str], seeds: list[int], msl: int, cfg: float):
-        from ladd_jax.flow import cfg_combine, denoise
-
-        self.pipe, self.prompts, self.msl = pipe, prompts, msl
-        size = pipe.transformer_config.sample_size * pipe.vae_scale_factor
-        self.size = size
-        self.noise = pipe.initial_latents(len(prompts), size, size, seed=seeds)
-        embeds, neg, pooled, neg_pooled = pipe.encode_prompt(prompts, max_sequence_length=msl)
-        both = (jnp.concatenate([neg, embeds]), jnp.concatenate([neg_pooled, pooled]))
-
-        def x0(params: Any, x: jax.Array, t: jax.Array, guidance: float) -> jax.Array:
-            if guidance <= 1.0:
-                return denoise(x, pipe.velocity(x, t, embeds, pooled, params), t)
-            v = pipe.velocity(jnp.concatenate([x, x]), jnp.concatenate([t, t]), *both, params)
-            return denoise(x, cfg_combine(v[len(x) :], v[: len(x)], guidance), t)
-
-        self._x0 = x0
-
-    def few_step(self, params: Any, steps: int, guidance: float = 1.0) -> np.ndarray:
-        """Images [N, S, S, 3] in [0, 1] from the LADD student sampler (t = 1, 1 - 1/n, ...; re-noised between)."""
-        from ladd_jax.flow import sample_student, student_timesteps
-
-        fn = lambda x, t: self._x0(params, x, t, guidance)
-        return self.pipe.decode(sample_student(fn, self.noise, student_timesteps(steps), jax.random.key(0)))
-
-    def euler(self, steps: int, guidance: float) -> np.ndarray:
-        """The pipeline's own sampler (diffusers' flow-matching Euler schedule) with the folder's weights."""
-        return self.pipe(
-            self.prompts,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=self.size,
-            width=self.size,
-            latents=self.noise,
-            max_sequence_length=self.msl,
-        )
-
-
-class Measure:
-    """FD (against real renders of a split) and alignment of images for a fixed list of prompts."""
-
-    def __init__(self, evaluator: Any, split: str, prompts: list[str], reference_images: int, seed: int):
-        from ladd_jax.toy.metrics import reference_stats
-
-        self.evaluator, self.prompts = evaluator, prompts
-        self.reference = reference_stats(evaluator, reference_images, seed, split=split)
-
-    def __call__(self, images: np.ndarray) -> dict[str, float]:
-        from ladd_jax.toy.metrics import alignment, feature_stats, features, frechet_distance_from_stats
-
-        fd = frechet_distance_from_stats(feature_stats(features(self.evaluator, images)), self.reference)
-        return dict(fd=float(fd), alignment=alignment(self.evaluator, images, self.prompts))
+    return load_config_file(ROOT / "configs" / "ladd.py", variant)
 
 
 # -------------------------------------------------------------------------------------------------------- main
@@ -168,15 +83,12 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
     from ladd_jax.pipeline import SD3Pipeline
     from ladd_jax.toy.components import read_toy_world
     from ladd_jax.toy.evaluator import load_evaluator, render_scenes
-    from ladd_jax.toy.report import SPLITS, check_targets, labelled_grid, row_label, training_curves, write_reports
+    from ladd_jax.toy.report import check_targets, demo_report, save_grids, training_curves
     from ladd_jax.toy.world import sample_scenes, write_prompts
 
     start = time.perf_counter()
-    if not (config.teacher / "model_index.json").exists():
-        raise LaddError(
-            f"no toy teacher at {config.teacher}; build the toy world with `bash launch/make_toy_world.sh` first"
-        )
-    out = make_out_dir(out).resolve()
+    require_pipeline_folder(config.teacher, "the toy teacher", f"build it first ({TEACHER_FIX})")
+    out = make_out_dir(out, "the demo's output folder").resolve()
     world = read_toy_world(config.teacher)
     evaluator = load_evaluator(config.evaluator)
     ladd = load_ladd_config("toy")
@@ -219,41 +131,9 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         students["control"] = distil(control, runs["control (frozen random heads)"], out / "control", probe)
 
     progress("4/5 evaluation on train- and test-split prompts")
-    plan = [("teacher", config.synth_steps, config.cfg, "euler")]
-    plan += [("teacher", n, config.cfg, "student schedule") for n in config.student_steps]
-    plan += [("teacher", 1, 1.0, "student schedule")]  # = the student's initialisation
-    plan += [(m, n, 1.0, "student schedule") for m in students for n in config.student_steps]
-    params = {"teacher": teacher.transformer_params}
-    params.update({m: SD3Pipeline.from_pretrained(d).transformer_params for m, d in students.items()})
-    rows = {key: dict(model=key[0], steps=key[1], cfg=key[2], sampler=key[3]) for key in plan}
-    real, grids = {}, {}
-    for i, split in enumerate(SPLITS):
-        scenes = sample_scenes(world, split, config.eval_prompts, config.seed + 1 + i)
-        grid_scenes = scenes[: config.grid_prompts]
-        prompts = [s.caption() for s in grid_scenes for _ in range(config.grid_seeds)]
-        n_grid = len(prompts)
-        prompts += [s.caption() for s in scenes]
-        sampler = Sampler(teacher, prompts, list(range(len(prompts))), msl, config.cfg)
-        measure = Measure(evaluator, split, prompts[n_grid:], config.reference_images, config.seed + 3 + i)
-        columns = []
-        for key in tqdm(plan, desc=f"evaluate {split}", unit="row"):
-            model, steps, cfg, how = key
-            images = sampler.euler(steps, cfg) if how == "euler" else sampler.few_step(params[model], steps, cfg)
-            m = measure(images[n_grid:])
-            rows[key].update({f"fd_{split}": m["fd"], f"alignment_{split}": m["alignment"]})
-            columns.append((row_label(rows[key]), images[:n_grid]))
-        # FD's floor at this N: real renders of the same prompts (other render seeds) against the reference.
-        real_images = render_scenes(world, scenes, config.seed + 20 + i, "real renders")
-        real[split] = measure(real_images)
-        real_grid = render_scenes(world, grid_scenes, config.seed + 30 + i, "real renders")
-        for p, scene in enumerate(grid_scenes):
-            lines = slice(p * config.grid_seeds, (p + 1) * config.grid_seeds)
-            cells = [("real render", np.repeat(real_grid[p : p + 1] / 255.0, config.grid_seeds, 0))]
-            cells += [(label, images[lines]) for label, images in columns]
-            grids[f"{split} split: {scene.caption()}"] = labelled_grid(cells, f'{split} split: "{scene.caption()}"')
+    table, real, grids = evaluate_students(teacher, students, world, evaluator, config, msl)
 
     progress("5/5 report")
-    table = list(rows.values())
     curve_teacher = curve_measure(curve_sampler.euler(config.synth_steps, config.cfg))
     curve_real = curve_measure(render_scenes(world, curve_scenes, config.seed + 12, "real renders"))
     teacher_label = f"teacher {config.synth_steps} steps CFG {config.cfg:g}"
@@ -262,10 +142,6 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         for k in ("fd", "alignment")
     }
     training_curves(runs, references, out / "curves.png")
-    grid_paths = []
-    for i, (title, image) in enumerate(grids.items()):
-        image.save(out / f"grid_{i}.png")
-        grid_paths.append((title, out / f"grid_{i}.png"))
     result = dict(
         teacher=str(Path(config.teacher).resolve()),
         student=str(students["student"]),
@@ -281,7 +157,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         config={k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()},
     )
     result["seconds"] = time.perf_counter() - start
-    write_reports(out, result, grid_paths)
+    demo_report(out, result, save_grids(grids, out), out / "curves.png")
     return result
 
 
@@ -300,11 +176,7 @@ def _run_cli(args: argparse.Namespace) -> None:
     if args.ladd_steps is not None:
         overrides["ladd_steps"] = args.ladd_steps
     result = run_demo(args.out, DemoConfig(seed=args.seed, control=not args.no_control, **overrides))
-    for r in result["rows"]:
-        print(
-            "{model:8s} {steps:3d} steps cfg {cfg:4.1f} {sampler:17s} FD train {fd_train:8.2f} "
-            "align {alignment_train:.3f}  FD test {fd_test:8.2f} align {alignment_test:.3f}".format(**r)
-        )
+    print_rows(result["rows"], result["real_renders"])
     missed = [t for t in result["targets"] if not t["holds"]]
     print(f"targets: {len(result['targets']) - len(missed)} of {len(result['targets'])} hold")
     for t in missed:

@@ -1,7 +1,8 @@
-"""The demo's pictures and reports: training curves, labelled sample grids, the targets check, report.md/html.
+"""The pictures and reports of `ladd-jax demo` and `ladd-jax evaluate`: training curves, labelled sample grids,
+the targets check, report.md/html.
 
-Everything here reads measured numbers (the demo's table, the runs' metrics.jsonl) and draws or writes them; no
-model runs here.
+Everything here reads measured numbers (the tables, the runs' metrics.jsonl) and draws or writes them; no model
+runs here.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -152,6 +153,13 @@ def check_targets(rows: list[dict], real: dict[str, dict]) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------------- reports
 
+METRICS_EXPLAINED = (
+    "FD: Frechet distance to real renders in the features of an evaluator network that no training step ever "
+    "sees (lower is better); alignment: the share of images in which the evaluator finds exactly the objects, "
+    "colours, sizes and relation the caption asks for. Train-split prompts use (colour, shape) pairs the teacher "
+    "was trained on; test-split prompts each contain a pair it never saw (compositional generalisation)."
+)
+
 EXPLAINER = (
     "**What you are looking at.** A 4-block MMDiT teacher, pretrained on renders of coloured shapes, is sampled "
     "with {n} Euler steps and classifier-free guidance (how often it draws exactly what its caption asks for: the "
@@ -160,11 +168,24 @@ EXPLAINER = (
     "draw in 1-4 steps: discriminator heads on the frozen teacher's features learn to tell the teacher's samples "
     "(real) from the student's (fake), and the student follows their gradient through the teacher. The control "
     "run is identical except that its heads are frozen at a random initialisation: if the control's student "
-    "does as well, the improvement did not come from the adversarial game. FD: Frechet distance to real renders "
-    "in the features of an evaluator network that no training step ever sees (lower is better); alignment: the "
-    "share of images in which the evaluator finds exactly the objects, colours, sizes and relation the caption "
-    "asks for. Train-split prompts use (colour, shape) pairs the teacher was trained on; test-split prompts each "
-    "contain a pair it never saw (compositional generalisation)."
+    "does as well, the improvement did not come from the adversarial game. " + METRICS_EXPLAINED
+)
+
+EVALUATION_EXPLAINER = (
+    "**What you are looking at.** Every row samples the same prompts from the same initial noise; only the model, "
+    "the number of steps and the guidance differ. The teacher's rows are the references: {n} Euler steps with "
+    "classifier-free guidance (CFG) is the quality a student chases; the same teacher in few steps on the "
+    "student's schedule is what it draws without distillation (at one step the average of all pictures the "
+    "caption allows: a blur), and its 1 step without CFG is where a student distilled from it starts. Each "
+    "student is sampled without CFG (distillation bakes the guidance in). The real renders row measures pictures "
+    "of the same prompts drawn by the renderer: FD's floor at this number of images (FD is biased upward at few "
+    "images, so compare rows with each other and with the floor, not with zero). " + METRICS_EXPLAINED + " In "
+    "the grids each line is one seed, the same noise in every column; the first column is a real render."
+)
+
+SCHEDULE = (
+    "Few-step rows use the student's schedule (t = 1, then re-noising to 1 - k/n): diffusers' own 2-step flow "
+    "schedule is [1, 0.001], which would make a 2-step teacher a 1-step one."
 )
 
 CURVES_HOWTO = (
@@ -176,6 +197,14 @@ CURVES_HOWTO = (
     "Bottom: the EMA student's 1-step samples on held-out test prompts every few steps; the dashed lines are the "
     "teacher at full steps with CFG and real renders, measured on the same prompts."
 )
+
+
+class Figure(NamedTuple):
+    caption: str
+    path: Path
+
+
+Block = str | Figure  # markdown text: a paragraph, a "## heading" or a table (lines starting with "|")
 
 
 def table_markdown(rows: list[dict], real: dict[str, dict]) -> str:
@@ -196,57 +225,107 @@ def table_markdown(rows: list[dict], real: dict[str, dict]) -> str:
 
 
 def targets_markdown(targets: list[dict]) -> str:
-    head = "| target | split | measured | bound | |\n|---|---|---|---|---|\n"
+    head = "| split | target | measured | bound | |\n|---|---|---|---|---|\n"
     verdict = lambda t: "holds" if t["holds"] else "MISSED"
     return head + "".join(
-        f"| {t['target']} | {t['split']} | {t['value']:.3f} | {t['bound']:.3f} | {verdict(t)} |\n" for t in targets
+        f"| {t['split']} | {t['target']} | {t['value']:.3f} | {t['bound']:.3f} | {verdict(t)} |\n" for t in targets
     )
 
 
-def write_reports(out: Path, result: dict[str, Any], grids: list[tuple[str, Path]]) -> None:
-    """metrics.json (everything measured), report.md and report.html (the same, for people)."""
+def table_html(markdown: str) -> str:
+    """A markdown table as HTML, consecutive rows with the same first cell (a model, a split) in one group,
+    the groups set apart by a rule, so that a table of several students reads model by model."""
+    lines = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in markdown.strip().splitlines()]
+    groups: list[list[list[str]]] = []
+    for cells in lines[2:]:  # lines[1] is the |---| rule
+        if not groups or groups[-1][0][0] != cells[0]:
+            groups.append([])
+        groups[-1].append(cells)
+    row = lambda cells, tag: "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+    body = "".join(
+        "<tbody style='border-top:3px solid'>" + "".join(row(c, "td") for c in g) + "</tbody>" for g in groups
+    )
+    table = "<table border=1 cellpadding=4 style='border-collapse:collapse'>"
+    return f"{table}<thead>{row(lines[0], 'th')}</thead>{body}</table>"
+
+
+def write_reports(out: Path, result: dict[str, Any], title: str, blocks: Sequence[Block]) -> None:
+    """metrics.json (`result`: everything measured), and report.md and report.html: `title`, then `blocks`."""
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows, real, targets = result["rows"], result["real_renders"], result["targets"]
-    n = next(r["steps"] for r in rows if r["model"] == "teacher" and r["sampler"] == "euler")
-    minutes = result["seconds"] / 60
-    intro = (
-        f"Measured in {minutes:.1f} minutes on {result['devices']}. Teacher: `{result['teacher']}`; LADD student: "
-        f"`{result['student']}`; frozen-heads control: `{result['control']}`. {result['eval_prompts']} prompts "
-        "per split, one image each per row, every row from the same initial noise. Few-step rows use the "
-        "student's schedule (t = 1, then re-noising to 1 - k/n): diffusers' own 2-step flow schedule is "
-        "[1, 0.001], which would make a 2-step teacher a 1-step one."
-    )
-    md = [
-        "# ladd-jax demo: LADD in the toy world\n\n",
-        intro + "\n\n",
-        EXPLAINER.format(n=n) + "\n\n",
-        table_markdown(rows, real),
-        "\n## Targets\n\n",
-        targets_markdown(targets),
-        "\n## Training\n\n![training curves](curves.png)\n\n",
-        CURVES_HOWTO + "\n\n## Samples\n",
-        *[f"\n**{p}**\n\n![{p}]({g.name})\n" for p, g in grids],
-    ]
-    (out / "report.md").write_text("".join(md))
-
-    def table_html(markdown: str) -> str:
-        lines = [ln.strip("|").split("|") for ln in markdown.strip().splitlines()]
-        header = "".join(f"<th>{html.escape(c.strip())}</th>" for c in lines[0])
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in cells) + "</tr>" for cells in lines[2:]
-        )
-        return f"<table border=1 cellpadding=4><tr>{header}</tr>{body}</table>"
-
-    strip_md = lambda s: html.escape(s.replace("**", ""))
-    figures = "".join(
-        f"<h3>{html.escape(p)}</h3><img src='{g.name}' style='image-rendering:pixelated;max-width:100%'>"
-        for p, g in grids
-    )
+    md, body = [f"# {title}"], [f"<h1>{html.escape(title)}</h1>"]
+    for block in blocks:
+        if isinstance(block, Figure):
+            md.append(f"**{block.caption}**\n\n![{block.caption}]({block.path.name})")
+            body.append(
+                f"<h3>{html.escape(block.caption)}</h3>"
+                f"<img src='{block.path.name}' style='image-rendering:pixelated;max-width:100%'>"
+            )
+            continue
+        md.append(block.strip())
+        if block.startswith("## "):
+            body.append(f"<h2>{html.escape(block[3:].strip())}</h2>")
+        elif block.startswith("|"):
+            body.append(table_html(block))
+        else:
+            body.append(f"<p>{html.escape(block.replace('**', ''))}</p>")
+    (out / "report.md").write_text("\n\n".join(md) + "\n")
     (out / "report.html").write_text(
-        "<html><head><meta charset='utf-8'><title>ladd-jax demo</title></head>"
-        "<body style='font-family:sans-serif;max-width:1200px'>"
-        f"<h1>LADD in the toy world</h1><p>{html.escape(intro)}</p><p>{strip_md(EXPLAINER.format(n=n))}</p>"
-        f"{table_html(table_markdown(rows, real))}<h2>Targets</h2>{table_html(targets_markdown(targets))}"
-        f"<h2>Training</h2><img src='curves.png'><p>{strip_md(CURVES_HOWTO)}</p><h2>Samples</h2>{figures}"
-        "</body></html>"
+        f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+        f"<body style='font-family:sans-serif;max-width:1200px'>{''.join(body)}</body></html>\n"
     )
+
+
+def save_grids(grids: dict[str, Image.Image], out: Path) -> list[Figure]:
+    """grid_0.png, grid_1.png, ... in `out`, as figures captioned with their titles."""
+    figures = []
+    for i, (title, image) in enumerate(grids.items()):
+        image.save(out / f"grid_{i}.png")
+        figures.append(Figure(title, out / f"grid_{i}.png"))
+    return figures
+
+
+def _measured(result: dict[str, Any], models: str) -> str:
+    return (
+        f"Measured in {result['seconds'] / 60:.1f} minutes on {result['devices']}. {models} "
+        f"{result['eval_prompts']} prompts per split, one image each per row, every row from the same initial "
+        f"noise. {SCHEDULE}"
+    )
+
+
+def _full_steps(rows: list[dict]) -> int:
+    return next(r["steps"] for r in rows if r["model"] == "teacher" and r["sampler"] == "euler")
+
+
+def demo_report(out: Path, result: dict[str, Any], grids: list[Figure], curves: Path) -> None:
+    """The demo's report: the table, the targets, the training curves, the grids."""
+    models = (
+        f"Teacher: `{result['teacher']}`; LADD student: `{result['student']}`; frozen-heads control: "
+        f"`{result['control']}`."
+    )
+    blocks = [
+        _measured(result, models),
+        EXPLAINER.format(n=_full_steps(result["rows"])),
+        table_markdown(result["rows"], result["real_renders"]),
+        "## Targets",
+        targets_markdown(result["targets"]),
+        "## Training",
+        Figure("training curves", curves),
+        CURVES_HOWTO,
+        "## Samples",
+        *grids,
+    ]
+    write_reports(out, result, "ladd-jax demo: LADD in the toy world", blocks)
+
+
+def evaluation_report(out: Path, result: dict[str, Any], grids: list[Figure]) -> None:
+    """`ladd-jax evaluate`'s report: the table of every student beside the teacher, the grids."""
+    students = "; ".join(f"{name}: `{folder}`" for name, folder in result["students"].items())
+    models = f"Teacher: `{result['teacher']}`. Students: {students}. Evaluator: `{result['evaluator']}`."
+    blocks = [
+        _measured(result, models),
+        EVALUATION_EXPLAINER.format(n=_full_steps(result["rows"])),
+        table_markdown(result["rows"], result["real_renders"]),
+        "## Samples",
+        *grids,
+    ]
+    write_reports(out, result, "ladd-jax evaluate: students in the toy world", blocks)

@@ -1,0 +1,130 @@
+"""`ladd-jax evaluate`: exported students measured beside the toy teacher. The shipped teacher folder is itself a
+valid pipeline folder, so it stands in for two students; being the teacher's own weights, each must reproduce the
+teacher's 1-step no-CFG row exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ladd_jax.cli import main
+from ladd_jax.errors import LaddError
+from ladd_jax.toy import evaluate
+from ladd_jax.toy.evaluate import ASSETS, EvalConfig, parse_students, run_evaluate
+
+TEACHER = ASSETS / "teacher"
+TINY = EvalConfig(eval_prompts=8, reference_images=32, grid_prompts=1, grid_seeds=1, student_steps=(1,), synth_steps=2)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate")
+    run_evaluate(out, {"a": TEACHER, "b": TEACHER}, config=TINY)
+    return out
+
+
+def rows_of(report) -> dict:
+    rows = json.loads((report / "metrics.json").read_text())["rows"]
+    return {(r["model"], r["steps"], r["cfg"], r["sampler"]): r for r in rows}
+
+
+def test_report_files_rows_and_paths(report):
+    for name in ("report.md", "report.html", "metrics.json", "grid_0.png", "grid_1.png"):
+        assert (report / name).stat().st_size > 0, name
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["teacher"] == str(TEACHER.resolve()) and metrics["evaluator"].startswith("/")
+    assert metrics["students"] == {"a": str(TEACHER.resolve()), "b": str(TEACHER.resolve())}
+    assert metrics["settings"]["eval_prompts"] == TINY.eval_prompts
+    rows = rows_of(report)
+    assert set(rows) == {
+        ("teacher", 2, 3.0, "euler"),
+        ("teacher", 1, 3.0, "student schedule"),
+        ("teacher", 1, 1.0, "student schedule"),
+        ("a", 1, 1.0, "student schedule"),
+        ("b", 1, 1.0, "student schedule"),
+    }
+    for r in [*rows.values(), *({f"{k}_{s}": v for k, v in m.items()} for s, m in metrics["real_renders"].items())]:
+        for key, value in r.items():
+            if key.startswith(("fd_", "alignment_")):
+                assert math.isfinite(value) and value >= 0, (r, key)
+    md = (report / "report.md").read_text()
+    assert "| a | 1 | 1 |" in md and "| b | 1 | 1 |" in md and "| real renders (floor) |" in md
+    assert "What you are looking at" in md and "](grid_1.png)" in md and "Targets" not in md
+    page = (report / "report.html").read_text()
+    assert page.count("<tbody") == 4  # teacher, a, b, the floor: one group per model
+    assert "src='grid_0.png'" in page
+
+
+def test_teacher_as_student_reproduces_the_teachers_one_step_row_exactly(report):
+    """Same noise, same weights (loaded from the folder again), same sampler: anything else is a wiring bug."""
+    rows = rows_of(report)
+    teacher = rows[("teacher", 1, 1.0, "student schedule")]
+    for name in ("a", "b"):
+        student = rows[(name, 1, 1.0, "student schedule")]
+        for split in ("train", "test"):
+            for metric in ("fd", "alignment"):
+                assert student[f"{metric}_{split}"] == teacher[f"{metric}_{split}"], (name, split, metric)
+    assert teacher["fd_train"] != rows[("teacher", 1, 3.0, "student schedule")]["fd_train"]  # CFG does matter
+
+
+def test_cli_wires_students_and_settings(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def fake(out, students, teacher, evaluator, config):
+        calls.append((out, students, teacher, evaluator, config))
+        row = dict(model="x", steps=1, cfg=1.0, sampler="student schedule")
+        row.update(fd_train=1.0, alignment_train=0.5, fd_test=2.0, alignment_test=0.25)
+        real = {s: dict(fd=0.5, alignment=1.0) for s in ("train", "test")}
+        return dict(rows=[row], real_renders=real, seconds=1.0)
+
+    monkeypatch.setattr(evaluate, "run_evaluate", fake)
+    argv = ["evaluate", "--student", f"x={tmp_path}", "--student", str(TEACHER), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--quick", "--eval-prompts", "10", "--seed", "3"]) == 0
+    ((out, students, teacher, evaluator, config),) = calls
+    assert students == {"x": tmp_path, "teacher": TEACHER} and teacher == TEACHER
+    assert evaluator == ASSETS / "evaluator" and out == str(tmp_path / "o")
+    assert (config.eval_prompts, config.synth_steps, config.seed) == (10, evaluate.QUICK["synth_steps"], 3)
+    printed = capsys.readouterr().out
+    assert "real renders (floor)" in printed and "report:" in printed
+
+
+def test_parse_students_names():
+    assert parse_students(["a=/x/y", "/p/q"]) == {"a": Path("/x/y"), "q": Path("/p/q")}
+    assert parse_students(["/p/q=r"]) == {"q=r": Path("/p/q=r")}  # a folder whose name holds "="
+    with pytest.raises(LaddError, match="two students are named 'q'.*--student NAME=DIR"):
+        parse_students(["/p/q", "/r/q"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--student", "a=/x", "--student", "a=/y"], "two students are named 'a'"),
+        (["--student", str(TEACHER)], "is named 'teacher', the name of the teacher's own rows"),
+        (["--student", "a=/nonexistent"], "the student 'a': /nonexistent is not an SD3 pipeline folder"),
+        (["--student", f"a={TEACHER}", "--teacher", "/nonexistent"], "the teacher /nonexistent is not an SD3"),
+        (["--student", f"a={TEACHER}", "--eval-prompts", "1"], "--eval-prompts must be at least 2"),
+    ],
+)
+def test_bad_input_is_one_clear_error(argv, message, tmp_path, capsys):
+    assert main(["evaluate", *argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # checked before anything is written
+
+
+def test_unwritable_output_folder_is_one_clear_error():
+    with pytest.raises(LaddError, match="cannot write the evaluation's output folder /proc/x"):
+        run_evaluate("/proc/x", {"a": TEACHER}, config=TINY)
+
+
+def test_student_of_another_shape_is_one_clear_error(tmp_path):
+    from tokenizer_fixtures import write_tiny_sd3_folder
+
+    from ladd_jax.pipeline import SD3Pipeline
+
+    other = write_tiny_sd3_folder(tmp_path / "other", with_t5=False)
+    with pytest.raises(LaddError, match="student 'other'.*other shapes than the teacher's.*--teacher DIR"):
+        evaluate.load_student_params(SD3Pipeline.from_pretrained(TEACHER), "other", other)
