@@ -129,7 +129,11 @@ def test_add_distillation_by_hand(world, features):
     assert len(setup.models.disc.config.feature_layers) == 2  # stride 2 over the 3 Dinov2 blocks: 0 and 2
 
 
-@pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
+# d2g-gan (regression, perceptual network and heads together) runs in CI; the others are slow-marked for time.
+RESUMED = [pytest.param(n, marks=() if n == "d2g-gan" else pytest.mark.slow) for n in sorted(METHOD_CONFIGS)]
+
+
+@pytest.mark.parametrize("name", RESUMED)
 def test_resume_equals_uninterrupted_and_export_loads(world, features, name, tmp_path):
     from diffusers import SD3Transformer2DModel
 
@@ -149,6 +153,7 @@ def test_resume_equals_uninterrupted_and_export_loads(world, features, name, tmp
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
+@pytest.mark.slow  # CI runs LADD's 8-device test (tests/test_train.py); this one adds the regression game
 def test_regression_on_eight_devices_equals_one(world, tmp_path):
     over = {"adv_weight": 0.1}  # MSE plus the adversarial term: the student's and the heads' paths both sharded
     run_mesh(world, tmp_path / "one", devices=1, data_axis=1, fsdp=1, method="d2g", **over)
