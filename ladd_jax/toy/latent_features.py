@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -59,25 +59,43 @@ DEFAULT_NET = LatentFeatureConfig(channels=(32, 64, 128), blocks=2, groups=8, he
 
 
 @dataclasses.dataclass(frozen=True)
-class FeatureTrainConfig:
-    """How the toy latent feature net is trained; the defaults take about 4 minutes on 2 shared CPU cores."""
+class ClassifierTrainConfig:
+    """What every toy feature net trained on the scene labels shares (this module's latent net and
+    `ladd_jax.toy.pixel_features`' pixel net): AdamW with warmup and cosine decay, on random batches drawn from
+    a pool of train-split renders, and the size of the fresh renders its accuracy is measured on."""
 
-    steps: int = 2000  # the loss is near 0 by step 1500; 3000 steps: 99.6% all-correct held out, 2000: 99.4%
+    steps: int = 2000
     batch_size: int = 64
     learning_rate: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 1e-4
+    pool_size: int = 8192  # train-split renders, made once
+    eval_size: int = 1024  # fresh renders for the held-out accuracy
+    seed: int = 0
+
+    POSITIVE: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "pool_size", "eval_size")  # checked fields
+
+    def __post_init__(self):
+        for name in self.POSITIVE:
+            if getattr(self, name) < 1:
+                raise LaddError(f"{type(self).__name__}.{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureTrainConfig(ClassifierTrainConfig):
+    """How the toy latent feature net is trained; the defaults take about 4 minutes on 2 shared CPU cores."""
+
+    steps: int = 2000  # the loss is near 0 by step 1500; 3000 steps: 99.6% all-correct held out, 2000: 99.4%
     pool_size: int = 8192  # train-split renders, encoded once (about a minute on 2 CPU cores)
     sample_prob: float = 0.5  # share of each batch that are posterior draws rather than the posterior mean
-    eval_size: int = 1024  # fresh renders for the held-out accuracy
     check_size: int = 256  # scenes of the same-scene vs different-scene distance check
     check_draws: int = 4  # the check's augmentation draws (AugmentConfig's defaults)
     seed: int = 7  # the evaluator trains with seed 0
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (*ClassifierTrainConfig.POSITIVE, "check_size", "check_draws")
+
     def __post_init__(self):
-        for name in ("steps", "batch_size", "pool_size", "eval_size", "check_size", "check_draws"):
-            if getattr(self, name) < 1:
-                raise LaddError(f"FeatureTrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+        super().__post_init__()
         if not 0.0 <= self.sample_prob <= 1.0:
             raise LaddError(f"FeatureTrainConfig.sample_prob must be in [0, 1], got {self.sample_prob}")
 
@@ -98,7 +116,24 @@ def split_logits(world: ToyWorld, flat: jax.Array) -> dict[str, jax.Array]:
     return {name: p.reshape(-1, *shape) for (name, shape), p in zip(heads.items(), parts, strict=True)}
 
 
-def _in_batches(fn: Callable[[np.ndarray], Any], x: np.ndarray, desc: str) -> Any:
+def head_outputs(world: ToyWorld) -> int:
+    """The classifier head's width: every label's logits, concatenated (`label_heads`)."""
+    return sum(math.prod(shape) for shape in label_heads(world).values())
+
+
+def labels_of_logits(world: ToyWorld, flat: jax.Array) -> dict[str, jax.Array]:
+    """The head's [B, outputs] logits -> the predicted labels (argmax), in `scene_labels`' layout."""
+    return {name: jnp.argmax(v, axis=-1) for name, v in split_logits(world, flat).items()}
+
+
+def train_split_renders(world: ToyWorld, num: int, seed: int, desc: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """uint8 renders [num, S, S, 3] of train-split scenes and their `scene_labels`: the held-out colour-shape
+    pairs stay unseen, as they are by the student's data."""
+    scenes = sample_scenes(world, "train", num, seed)
+    return render_scenes(world, scenes, seed, desc), scene_labels(world, scenes)
+
+
+def in_batches(fn: Callable[[np.ndarray], Any], x: np.ndarray, desc: str) -> Any:
     """fn over x in chunks of min(BATCH, len(x)), the last one padded; the outputs' leaves concatenated as numpy."""
     size, outs = min(BATCH, len(x)), []
     for i in tqdm(range(0, len(x), size), desc=desc, leave=False):
@@ -122,14 +157,14 @@ def _encode_fn(vae_config: VAEConfig) -> Callable:
 
 def encode_images(vae_config: VAEConfig, vae_params: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 renders [N, S, S, 3] -> (posterior mean, posterior std), both scaled as diffusion latents."""
-    return _in_batches(functools.partial(_encode_fn(vae_config), vae_params), images, "encode with the VAE")
+    return in_batches(functools.partial(_encode_fn(vae_config), vae_params), images, "encode with the VAE")
 
 
 @functools.cache
 def _predict_fn(world: ToyWorld, config: LatentFeatureConfig) -> Callable:
     def predict(params: Any, latents: jax.Array) -> dict[str, jax.Array]:
         _, flat = LatentFeatureNet(config).apply({"params": params}, latents, method=LatentFeatureNet.classify)
-        return {name: jnp.argmax(v, axis=-1) for name, v in split_logits(world, flat).items()}
+        return labels_of_logits(world, flat)
 
     return jax.jit(predict)
 
@@ -138,7 +173,7 @@ def predict_labels(
     world: ToyWorld, config: LatentFeatureConfig, params: Any, latents: np.ndarray
 ) -> dict[str, np.ndarray]:
     """The classifier head's labels (argmax) of latents [N, h, w, C], in `scene_labels`' layout."""
-    return _in_batches(functools.partial(_predict_fn(world, config), params), latents, "classify latents")
+    return in_batches(functools.partial(_predict_fn(world, config), params), latents, "classify latents")
 
 
 def scene_distance_check(
@@ -173,6 +208,50 @@ def scene_distance_check(
     }
 
 
+def fit_label_classifier(
+    world: ToyWorld,
+    logits_fn: Callable[[Any, jax.Array], jax.Array],
+    params: Any,
+    pool: Any,
+    pool_labels: dict[str, np.ndarray],
+    augment: Callable[[Any, jax.Array], jax.Array],
+    cfg: ClassifierTrainConfig,
+    key: jax.Array,
+    desc: str,
+) -> tuple[Any, dict[str, float]]:
+    """Trains `params` to predict the scene labels with `label_loss`: each step draws a batch from `pool` (arrays,
+    or a tuple of them, indexed alike along their first axis), makes the net's input with `augment(batch, key)`
+    and the head's flat logits with `logits_fn(params, input)`. Both run inside the jitted step, so the pool can
+    stay compact (uint8 pixels, latent mean and std) and the augmentation costs no host round trip. Returns the
+    params and the loss at the first step and over the last 5% of steps."""
+    warmup = min(cfg.warmup_steps, cfg.steps // 2)  # short runs (tests) warm up for half their steps
+    optimizer = optax.adamw(
+        optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, cfg.steps), weight_decay=cfg.weight_decay
+    )
+    opt_state = optimizer.init(params)
+
+    def loss_fn(params: Any, x: jax.Array, labels: dict[str, jax.Array]) -> jax.Array:
+        return label_loss(split_logits(world, logits_fn(params, x)), labels)
+
+    @jax.jit
+    def step(params, opt_state, batch, labels, key):
+        loss, grads = jax.value_and_grad(loss_fn)(params, augment(batch, key), labels)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    rng = np.random.default_rng(cfg.seed)  # batch draws
+    losses = []
+    bar = tqdm(range(cfg.steps), desc=desc)
+    for i in bar:
+        idx = rng.integers(len(pool_labels["count"]), size=cfg.batch_size)
+        labels = {k: v[idx] for k, v in pool_labels.items()}
+        batch = jax.tree.map(lambda a, idx=idx: a[idx], pool)
+        params, opt_state, loss = step(params, opt_state, batch, labels, jax.random.fold_in(key, i))
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    return params, {"loss_first": losses[0], "loss_last": float(np.mean(losses[-max(1, cfg.steps // 20) :]))}
+
+
 def train_latent_features(
     teacher_folder: str | Path,
     out_dir: str | Path,
@@ -189,59 +268,38 @@ def train_latent_features(
     cfg = train_config
     world = read_toy_world(teacher_folder)
     vae_config, vae_params = load_vae(Path(teacher_folder) / "vae")
-    outputs = sum(math.prod(shape) for shape in label_heads(world).values())
-    net_config = dataclasses.replace(net_config, in_channels=vae_config.latent_channels, head_outputs=outputs)
-
-    scenes = sample_scenes(world, "train", cfg.pool_size, cfg.seed)
-    pool_mean, pool_std = encode_images(
-        vae_config, vae_params, render_scenes(world, scenes, cfg.seed, "render training images")
+    net_config = dataclasses.replace(
+        net_config, in_channels=vae_config.latent_channels, head_outputs=head_outputs(world)
     )
-    pool_labels = scene_labels(world, scenes)
+
+    images, pool_labels = train_split_renders(world, cfg.pool_size, cfg.seed, "render training images")
+    pool = encode_images(vae_config, vae_params, images)  # (posterior mean, posterior std)
 
     net = LatentFeatureNet(net_config)
     init_key, aug_key = jax.random.split(jax.random.key(cfg.seed))
     params = init_latent_features(net_config, init_key)
-    warmup = min(cfg.warmup_steps, cfg.steps // 2)  # short runs (tests) warm up for half their steps
-    optimizer = optax.adamw(
-        optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, cfg.steps), weight_decay=cfg.weight_decay
-    )
-    opt_state = optimizer.init(params)
 
-    def loss_fn(params: Any, latents: jax.Array, labels: dict[str, jax.Array]) -> jax.Array:
-        _, flat = net.apply({"params": params}, latents, method=LatentFeatureNet.classify)
-        return label_loss(split_logits(world, flat), labels)
+    def logits_fn(params: Any, latents: jax.Array) -> jax.Array:
+        return net.apply({"params": params}, latents, method=LatentFeatureNet.classify)[1]
 
     # The batch's first examples get posterior draws: which ones does not matter, since batches are random draws
     # from the pool, and a fixed count spares a second random call (each costs seconds of compile on a CPU).
     draw = (np.arange(cfg.batch_size) < round(cfg.sample_prob * cfg.batch_size))[:, None, None, None]
 
-    @jax.jit
-    def step(params, opt_state, mean, std, labels, key):
-        latents = jnp.where(draw, mean + std * jax.random.normal(key, mean.shape), mean)
-        loss, grads = jax.value_and_grad(loss_fn)(params, latents, labels)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    def augment(batch: tuple[jax.Array, jax.Array], key: jax.Array) -> jax.Array:
+        mean, std = batch
+        return jnp.where(draw, mean + std * jax.random.normal(key, mean.shape), mean)
 
-    rng = np.random.default_rng(cfg.seed)  # batch draws
-    losses = []
-    bar = tqdm(range(cfg.steps), desc="train latent features")
-    for i in bar:
-        idx = rng.integers(cfg.pool_size, size=cfg.batch_size)
-        labels = {k: v[idx] for k, v in pool_labels.items()}
-        params, opt_state, loss = step(
-            params, opt_state, pool_mean[idx], pool_std[idx], labels, jax.random.fold_in(aug_key, i)
-        )
-        losses.append(float(loss))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    params, loss_stats = fit_label_classifier(
+        world, logits_fn, params, pool, pool_labels, augment, cfg, aug_key, "train latent features"
+    )
     train_seconds = time.perf_counter() - start
 
-    eval_scenes = sample_scenes(world, "train", cfg.eval_size, cfg.seed + 1)
-    eval_images = render_scenes(world, eval_scenes, cfg.seed + 1, "render check images")
+    eval_images, eval_labels = train_split_renders(world, cfg.eval_size, cfg.seed + 1, "render check images")
     predicted = predict_labels(world, net_config, params, encode_images(vae_config, vae_params, eval_images)[0])
     report = {
-        "accuracy": accuracy(predicted, scene_labels(world, eval_scenes)),
-        "loss_first": losses[0],
-        "loss_last": float(np.mean(losses[-max(1, cfg.steps // 20) :])),  # the last 5% of steps
+        "accuracy": accuracy(predicted, eval_labels),
+        **loss_stats,
         "train_seconds": train_seconds,  # rendering and encoding the pool included
         "num_params": int(sum(np.size(p) for p in jax.tree.leaves(params))),
         "distance_check": scene_distance_check(
