@@ -82,9 +82,10 @@ class PixelGame(Game):
 
     def g_objective(self, disc_params: Any, x0_hat: jax.Array) -> Objective:
         _, ctx, pooled = self.inputs
-        adv = g_loss(self.heads(disc_params, self.features(x0_hat, None, ctx, pooled)), self.config.loss)
-        aux = dict(g_loss=adv)
-        loss = self.config.adv_weight * adv
+        loss, aux = 0.0, {}
+        if self.adversarial:  # adv_weight = 0: ADD's distillation-only ablation, no heads at all
+            aux["g_loss"] = g_loss(self.heads(disc_params, self.features(x0_hat, None, ctx, pooled)), self.config.loss)
+            loss = self.config.adv_weight * aux["g_loss"]
         if self.config.distill_weight:
             t_d = self.draws["t_distill"]
             x_d = add_noise(jax.lax.stop_gradient(x0_hat), self.draws["eps_fake"], t_d)

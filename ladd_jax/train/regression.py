@@ -44,7 +44,7 @@ class RegressionGame(Game):
     def g_objective(self, disc_params: Any, x0_hat: jax.Array) -> Objective:
         r = self.config.regression
         target = jax.lax.stop_gradient(self.inputs[0])
-        loss, aux = super().g_objective(disc_params, x0_hat) if self.adversarial else (0.0, {})
+        loss, aux = super().g_objective(disc_params, x0_hat)  # LADD's term, when adv_weight > 0
         aux["mse"] = jnp.mean(jnp.square(x0_hat.astype(jnp.float32) - target))
         loss = loss + r.mse_weight * aux["mse"]
         if r.perceptual_weight:

@@ -185,9 +185,11 @@ class Game:
         teacher."""
         _, ctx, pooled = self.inputs
         eps_fake = self.draws["eps_fake"]
-        loss = g_loss(self.heads(disc_params, self.features(x0_hat, eps_fake, ctx, pooled)), self.config.loss)
-        aux = dict(g_loss=loss)
-        loss = self.config.adv_weight * loss
+        loss, aux = 0.0, {}
+        if self.adversarial:  # adv_weight = 0 (a regression or distillation-only run): no heads to ask
+            logits = self.heads(disc_params, self.features(x0_hat, eps_fake, ctx, pooled))
+            aux["g_loss"] = g_loss(logits, self.config.loss)
+            loss = self.config.adv_weight * aux["g_loss"]
         if self.config.distill_weight:  # ADD: match the teacher's denoised estimate of the re-noised sample
             t_d = self.draws["t_distill"]
             x_d = add_noise(jax.lax.stop_gradient(x0_hat), eps_fake, t_d)
