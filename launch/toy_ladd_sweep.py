@@ -10,7 +10,7 @@ every EVAL_EVERY steps, beside D accuracy and the logit gap. Each run's EMA stud
 
 Each --run is NAME[@FILE:VARIANT]=KEY=VALUE,KEY=VALUE: configs/FILE.py:VARIANT (default ladd:toy), values Python
 literals, nested keys with dots. The synthetic data (512 train-split prompts, the demo's settings) is made once in
-OUT/synth. Prints one JSON line per run and writes OUT/sweep.json.
+OUT/synth. Prints one JSON line per run and writes OUT/sweep.json and OUT/curves.png (every run's curves).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ladd_jax.config_files import load_config_file
 from ladd_jax.toy.demo import ASSETS, ROOT, DemoConfig, Measure, Sampler
+from ladd_jax.toy.report import training_curves
 from ladd_jax.train.export import export_workdir
 from ladd_jax.train.loop import train_and_evaluate
 from ladd_jax.train.writer import read_metrics
@@ -122,6 +123,7 @@ def main() -> None:
             )
         )
         (out / "sweep.json").write_text(json.dumps(results, indent=1))  # after every run: partial results survive
+        training_curves({n: out / n for n in results}, {}, out / "curves.png")
 
 
 if __name__ == "__main__":

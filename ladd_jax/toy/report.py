@@ -60,7 +60,7 @@ def training_curves(runs: dict[str, Path], references: dict[str, list[tuple[str,
         if key == "d_acc":
             ax.axhline(0.5, ls=":", lw=1, color="gray")
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("LADD step", fontsize=8)
+        ax.set_xlabel("training step", fontsize=8)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
