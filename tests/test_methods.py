@@ -90,6 +90,47 @@ def test_lcm_loss_by_hand(world, features):
     assert 0 in i or 1 in i or 2 in i
 
 
+def test_consistency_distances_by_hand():
+    from ladd_jax.train.lcm import consistency_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 3, 4, 4, 2)).astype(np.float32)
+    np.testing.assert_allclose(consistency_distance(a, b, "l2", 0.0), np.mean((a - b) ** 2), rtol=1e-6)
+    c = 0.001
+    huber = np.mean(np.sqrt((a - b) ** 2 + c**2) - c)
+    np.testing.assert_allclose(consistency_distance(a, b, "huber", c), huber, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_lcm_heun_step_by_hand(world, features):
+    """Heun: the average of the guided slopes at t and at Euler's x_s."""
+    c = method_config(world, features, "lcm", **{"lcm.num_steps": 4, "lcm.skip": 1, "lcm.solver": "heun"})
+    c.lcm.distance = "l2"
+    setup, state, _, metrics, batch, key = one_step(c)
+    x0, ctx, pooled = (np.asarray(batch[k]) for k in ("latent", "context", "pooled"))
+    b = len(x0)
+    k_i, k_eps, _ = jax.random.split(jax.random.fold_in(key, 0), 3)
+    i = np.asarray(jax.random.randint(k_i, (b,), 0, 4))
+    sig = flow_match_sigmas(4, 3.0)
+    t, s = sig[i].astype(np.float32), sig[i + 1].astype(np.float32)
+    col = lambda a: a[:, None, None, None]
+    x_t = (1 - col(t)) * x0 + col(t) * np.asarray(jax.random.normal(k_eps, x0.shape))
+    v = lambda params, x, time, c_, p_: np.asarray(setup.models.teacher.apply({"params": params}, x, time, c_, p_))
+    empty = [
+        np.broadcast_to(np.asarray(setup.frozen[k]), a.shape)
+        for k, a in (("empty_context", ctx), ("empty_pooled", pooled))
+    ]
+    guided = lambda x, time: (lambda u, k: u + c.teacher_cfg * (k - u))(
+        v(setup.frozen["teacher"], x, time, *empty), v(setup.frozen["teacher"], x, time, ctx, pooled)
+    )
+    slope_t = guided(x_t, t)
+    euler = x_t + col(s - t) * slope_t
+    x_s = x_t + col(s - t) * (slope_t + guided(euler, s)) / 2
+    target = x_s - col(s) * v(state.ema, x_s, s, ctx, pooled)
+    pred = x_t - col(t) * v(state.student, x_t, t, ctx, pooled)
+    np.testing.assert_allclose(metrics["lcm_loss"], np.mean((pred - target) ** 2), rtol=2e-4)
+
+
 def test_d2g_losses_by_hand(world, features):
     c = method_config(world, features, "d2g-gan")
     setup, state, _, metrics, batch, key = one_step(c)
