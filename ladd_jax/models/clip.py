@@ -133,7 +133,7 @@ class CLIPTextOutput:
     text_embeds: jax.Array  # [B,projection_dim]
 
 
-def _layer_norm(x: jax.Array, eps: float, name: str) -> jax.Array:
+def torch_layer_norm(x: jax.Array, eps: float, name: str) -> jax.Array:
     """torch.nn.LayerNorm in fp32 (two-pass variance), cast back to x's dtype."""
     y = nn.LayerNorm(epsilon=eps, dtype=jnp.float32, use_fast_variance=False, name=name)(x.astype(jnp.float32))
     return y.astype(x.dtype)
@@ -174,8 +174,8 @@ class CLIPEncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         eps = self.config.layer_norm_eps
-        x = x + CLIPAttention(self.config, self.dtype, name="self_attn")(_layer_norm(x, eps, "layer_norm1"))
-        return x + CLIPMLP(self.config, self.dtype, name="mlp")(_layer_norm(x, eps, "layer_norm2"))
+        x = x + CLIPAttention(self.config, self.dtype, name="self_attn")(torch_layer_norm(x, eps, "layer_norm1"))
+        return x + CLIPMLP(self.config, self.dtype, name="mlp")(torch_layer_norm(x, eps, "layer_norm2"))
 
 
 class CLIPTextEncoder(nn.Module):
@@ -204,7 +204,7 @@ class CLIPTextEncoder(nn.Module):
         for i in range(cfg.num_hidden_layers):
             x = CLIPEncoderLayer(cfg, self.dtype, name=f"layers_{i}")(x)
             hidden_states.append(x)
-        last = _layer_norm(x, cfg.layer_norm_eps, "final_layer_norm")
+        last = torch_layer_norm(x, cfg.layer_norm_eps, "final_layer_norm")
         pooled = last[jnp.arange(last.shape[0]), pool_index(input_ids, cfg.eos_token_id)]
         proj = nn.Dense(
             cfg.projection_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name="text_projection"

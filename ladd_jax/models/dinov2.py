@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ladd_jax.errors import LaddError
-from ladd_jax.models.clip import HF_ACTIVATIONS, _layer_norm
+from ladd_jax.models.clip import HF_ACTIVATIONS, torch_layer_norm
 
 _HF_FIELDS = (
     "hidden_size",
@@ -233,8 +233,8 @@ class Dinov2Layer(nn.Module):
         scale = lambda name: self.param(
             name, nn.initializers.constant(cfg.layerscale_value), (cfg.hidden_size,), jnp.float32
         ).astype(x.dtype)
-        x = x + Dinov2Attention(cfg, name="attention")(_layer_norm(x, eps, "norm1")) * scale("layer_scale1")
-        return x + Dinov2MLP(cfg, name="mlp")(_layer_norm(x, eps, "norm2")) * scale("layer_scale2")
+        x = x + Dinov2Attention(cfg, name="attention")(torch_layer_norm(x, eps, "norm1")) * scale("layer_scale1")
+        return x + Dinov2MLP(cfg, name="mlp")(torch_layer_norm(x, eps, "norm2")) * scale("layer_scale2")
 
 
 class Dinov2(nn.Module):
@@ -272,7 +272,7 @@ class Dinov2(nn.Module):
         for i in range(n):
             x = Dinov2Layer(cfg, name=f"layer_{i}")(x)
             hidden_states.append(x)
-        last = _layer_norm(x, cfg.layer_norm_eps, "layernorm")
+        last = torch_layer_norm(x, cfg.layer_norm_eps, "layernorm")
         if not layers:
             return last
         return last, tuple(hidden_states[k] for k in layers)
