@@ -65,29 +65,41 @@ def one_step(config):
     return setup, state, new_state, jax.device_get(metrics), batch, key
 
 
-def test_lcm_loss_by_hand(world, features):
-    c = method_config(world, features, "lcm", **{"lcm.num_steps": 4, "lcm.skip": 2})
+@pytest.mark.parametrize(
+    "solver, distance, skip",
+    [("euler", "huber", 2), pytest.param("heun", "l2", 1, marks=pytest.mark.slow)],
+)
+def test_lcm_loss_by_hand(world, features, solver, distance, skip):
+    """The guided teacher step (Euler; Heun: the average of the slopes at t and at Euler's x_s), the EMA target
+    f = x - s v at s, and the distance, all from the step's own draws."""
+    over = {"lcm.num_steps": 4, "lcm.skip": skip, "lcm.solver": solver, "lcm.distance": distance}
+    c = method_config(world, features, "lcm", **over)
     setup, state, _, metrics, batch, key = one_step(c)
     x0, ctx, pooled = (np.asarray(batch[k]) for k in ("latent", "context", "pooled"))
-    b = len(x0)
     k_i, k_eps, _ = jax.random.split(jax.random.fold_in(key, 0), 3)
-    i = np.asarray(jax.random.randint(k_i, (b,), 0, 3))
+    i = np.asarray(jax.random.randint(k_i, (len(x0),), 0, 4 - skip + 1))
     sig = flow_match_sigmas(4, 3.0)
-    t, s = sig[i].astype(np.float32), sig[i + 2].astype(np.float32)
+    t, s = sig[i].astype(np.float32), sig[i + skip].astype(np.float32)
     col = lambda a: a[:, None, None, None]
     x_t = (1 - col(t)) * x0 + col(t) * np.asarray(jax.random.normal(k_eps, x0.shape))
     v = lambda params, x, time, c_, p_: np.asarray(setup.models.teacher.apply({"params": params}, x, time, c_, p_))
-    empty_c = np.broadcast_to(np.asarray(setup.frozen["empty_context"]), ctx.shape)
-    empty_p = np.broadcast_to(np.asarray(setup.frozen["empty_pooled"]), pooled.shape)
+    empty = [
+        np.broadcast_to(np.asarray(setup.frozen[k]), a.shape)
+        for k, a in (("empty_context", ctx), ("empty_pooled", pooled))
+    ]
     teacher = setup.frozen["teacher"]
-    v_u, v_c = v(teacher, x_t, t, empty_c, empty_p), v(teacher, x_t, t, ctx, pooled)
-    w = c.teacher_cfg
-    x_s = x_t + col(s - t) * (v_u + w * (v_c - v_u))  # one Euler step of the guided flow
+    guided = lambda x, time: (lambda u, k: u + c.teacher_cfg * (k - u))(
+        v(teacher, x, time, *empty), v(teacher, x, time, ctx, pooled)
+    )
+    slope_t = guided(x_t, t)
+    x_s = x_t + col(s - t) * slope_t  # one Euler step of the guided flow
+    if solver == "heun":
+        x_s = x_t + col(s - t) * (slope_t + guided(x_s, s)) / 2
     target = x_s - col(s) * v(state.ema, x_s, s, ctx, pooled)  # f = x - t v; at s = 0, exactly x_s
     pred = x_t - col(t) * v(state.student, x_t, t, ctx, pooled)
-    huber = np.mean(np.sqrt((pred - target) ** 2 + c.lcm.huber_c**2) - c.lcm.huber_c)
-    np.testing.assert_allclose(metrics["lcm_loss"], huber, rtol=2e-4)
-    assert 0 in i or 1 in i or 2 in i
+    hc = c.lcm.huber_c
+    want = np.mean(np.sqrt((pred - target) ** 2 + hc**2) - hc) if distance == "huber" else np.mean((pred - target) ** 2)
+    np.testing.assert_allclose(metrics["lcm_loss"], want, rtol=2e-4)
 
 
 def test_consistency_distances_by_hand():
@@ -99,36 +111,6 @@ def test_consistency_distances_by_hand():
     c = 0.001
     huber = np.mean(np.sqrt((a - b) ** 2 + c**2) - c)
     np.testing.assert_allclose(consistency_distance(a, b, "huber", c), huber, rtol=1e-6)
-
-
-@pytest.mark.slow
-def test_lcm_heun_step_by_hand(world, features):
-    """Heun: the average of the guided slopes at t and at Euler's x_s."""
-    c = method_config(world, features, "lcm", **{"lcm.num_steps": 4, "lcm.skip": 1, "lcm.solver": "heun"})
-    c.lcm.distance = "l2"
-    setup, state, _, metrics, batch, key = one_step(c)
-    x0, ctx, pooled = (np.asarray(batch[k]) for k in ("latent", "context", "pooled"))
-    b = len(x0)
-    k_i, k_eps, _ = jax.random.split(jax.random.fold_in(key, 0), 3)
-    i = np.asarray(jax.random.randint(k_i, (b,), 0, 4))
-    sig = flow_match_sigmas(4, 3.0)
-    t, s = sig[i].astype(np.float32), sig[i + 1].astype(np.float32)
-    col = lambda a: a[:, None, None, None]
-    x_t = (1 - col(t)) * x0 + col(t) * np.asarray(jax.random.normal(k_eps, x0.shape))
-    v = lambda params, x, time, c_, p_: np.asarray(setup.models.teacher.apply({"params": params}, x, time, c_, p_))
-    empty = [
-        np.broadcast_to(np.asarray(setup.frozen[k]), a.shape)
-        for k, a in (("empty_context", ctx), ("empty_pooled", pooled))
-    ]
-    guided = lambda x, time: (lambda u, k: u + c.teacher_cfg * (k - u))(
-        v(setup.frozen["teacher"], x, time, *empty), v(setup.frozen["teacher"], x, time, ctx, pooled)
-    )
-    slope_t = guided(x_t, t)
-    euler = x_t + col(s - t) * slope_t
-    x_s = x_t + col(s - t) * (slope_t + guided(euler, s)) / 2
-    target = x_s - col(s) * v(state.ema, x_s, s, ctx, pooled)
-    pred = x_t - col(t) * v(state.student, x_t, t, ctx, pooled)
-    np.testing.assert_allclose(metrics["lcm_loss"], np.mean((pred - target) ** 2), rtol=2e-4)
 
 
 def test_d2g_losses_by_hand(world, features):

@@ -316,22 +316,36 @@ def train_latent_features(
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The console entry: `python -m ladd_jax.toy.latent_features --teacher DIR --out DIR [--steps N]`; returns
-    the exit status (2 with a one-line message on a LaddError, as `ladd-jax` does)."""
-    p = argparse.ArgumentParser(prog="python -m ladd_jax.toy.latent_features", description=__doc__.split("\n")[0])
+def run_trainer_cli(
+    argv: Sequence[str] | None, module: str, description: str, out_help: str, config_type: type, train: Callable
+) -> tuple[str, dict] | None:
+    """The shared console entry of the toy feature-network trainers: `python -m MODULE --teacher DIR --out DIR
+    [--steps N] [--seed S] [--overwrite]`; returns (the folder written, `train`'s report), or None after printing
+    a LaddError's one line."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     p.add_argument("--teacher", required=True, help="a toy SD3 folder (its toy_world.json and vae/)")
-    p.add_argument("--out", required=True, help="the folder to write")
-    p.add_argument("--steps", type=int, default=FeatureTrainConfig.steps, help="optimizer steps (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=FeatureTrainConfig.seed, help="(default: %(default)s)")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--steps", type=int, default=config_type.steps, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=config_type.seed, help="(default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     args = p.parse_args(argv)
     try:
-        cfg = FeatureTrainConfig(steps=args.steps, seed=args.seed)
-        report = train_latent_features(args.teacher, args.out, cfg, overwrite=args.overwrite)
+        config = config_type(steps=args.steps, seed=args.seed)
+        return args.out, train(args.teacher, args.out, config, overwrite=args.overwrite)
     except LaddError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ladd_jax.toy.latent_features --teacher DIR --out DIR [--steps N]`; returns the exit status (2
+    with a one-line message on a LaddError, as `ladd-jax` does)."""
+    module, description = "ladd_jax.toy.latent_features", __doc__.split("\n")[0]
+    train = train_latent_features
+    result = run_trainer_cli(argv, module, description, "the folder to write", FeatureTrainConfig, train)
+    if result is None:
         return 2
+    out, report = result
     print("held-out train-split renders: " + ", ".join(f"{k} {v:.2%}" for k, v in report["accuracy"].items()))
     check = report["distance_check"]
     print(
@@ -339,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{check['perceptual_different_scenes']:.4f} (ratio {check['perceptual_ratio']:.3f}); "
         f"MSE {check['mse_same_scene']:.4f} vs {check['mse_different_scenes']:.4f} (ratio {check['mse_ratio']:.3f})"
     )
-    print(f"wrote {args.out} ({report['num_params']:,} params, trained in {report['train_seconds']:.0f} s)")
+    print(f"wrote {out} ({report['num_params']:,} params, trained in {report['train_seconds']:.0f} s)")
     return 0
 
 

@@ -20,7 +20,6 @@ train-split scenes (new scene draws and jitter). The report is written beside th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -46,6 +45,7 @@ from ladd_jax.toy.latent_features import (
     head_outputs,
     in_batches,
     labels_of_logits,
+    run_trainer_cli,
     train_split_renders,
 )
 from ladd_jax.toy.world import ToyWorld
@@ -175,23 +175,16 @@ def train_pixel_features(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The console entry: `python -m ladd_jax.toy.pixel_features --teacher DIR --out DIR [--steps N]`; returns
-    the exit status (2 with a one-line message on a LaddError, as `ladd-jax` does)."""
-    p = argparse.ArgumentParser(prog="python -m ladd_jax.toy.pixel_features", description=__doc__.split("\n")[0])
-    p.add_argument("--teacher", required=True, help="a toy SD3 folder (its toy_world.json)")
-    p.add_argument("--out", required=True, help="the transformers Dinov2 folder to write")
-    p.add_argument("--steps", type=int, default=PixelTrainConfig.steps, help="optimizer steps (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=PixelTrainConfig.seed, help="(default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
-    args = p.parse_args(argv)
-    try:
-        cfg = PixelTrainConfig(steps=args.steps, seed=args.seed)
-        report = train_pixel_features(args.teacher, args.out, cfg, overwrite=args.overwrite)
-    except LaddError as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
+    """`python -m ladd_jax.toy.pixel_features --teacher DIR --out DIR [--steps N]`; returns the exit status (2
+    with a one-line message on a LaddError, as `ladd-jax` does)."""
+    out_help = "the transformers Dinov2 folder to write"
+    module, description = "ladd_jax.toy.pixel_features", __doc__.split("\n")[0]
+    result = run_trainer_cli(argv, module, description, out_help, PixelTrainConfig, train_pixel_features)
+    if result is None:
         return 2
+    out, report = result
     print("fresh train-split renders: " + ", ".join(f"{k} {v:.2%}" for k, v in report["accuracy"].items()))
-    print(f"wrote {args.out} ({report['num_params']:,} params, trained in {report['train_seconds']:.0f} s)")
+    print(f"wrote {out} ({report['num_params']:,} params, trained in {report['train_seconds']:.0f} s)")
     return 0
 
 
