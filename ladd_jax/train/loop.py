@@ -99,7 +99,7 @@ def build(
     teacher_folder = None if teacher else require_folder(config, "teacher", "an SD3 pipeline folder")
     teacher_cfg, teacher_host = teacher or load_mmdit(teacher_folder)
     is_abstract = isinstance(jax.tree.leaves(teacher_host)[0], jax.ShapeDtypeStruct)
-    networks = methods.frozen_networks(config, teacher_folder, spec)
+    networks = methods.frozen_networks(config, teacher_folder, (teacher_cfg, teacher_host), spec)
     h, w = _check_data(spec, teacher_cfg, config.batch_size, sharding.batch_size_multiple(mesh))
     key = jax.random.key(config.seed)
     make_student = lambda p: init_student(

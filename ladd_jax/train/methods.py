@@ -64,15 +64,16 @@ def _require(config: ml_collections.ConfigDict, key: str, what: str) -> Path:
 
 
 def frozen_networks(
-    config: ml_collections.ConfigDict, teacher_folder: Path | None, element_spec: dict
+    config: ml_collections.ConfigDict, teacher_folder: Path | None, teacher: tuple[Any, Any], element_spec: dict
 ) -> FrozenNetworks:
-    """Loads what `config.method` needs beyond the teacher (nothing for LADD)."""
+    """Loads what `config.method` needs beyond the teacher (nothing for LADD); `teacher`: the (MMDiTConfig, params)
+    already loaded, so that no folder's transformer is read twice."""
     name = method(config)
     if name == "lcm":  # the teacher's CFG needs the empty prompt's embeddings
         from ladd_jax.pipeline import SD3Pipeline
         from ladd_jax.train.uncond import empty_prompt
 
-        pipe = SD3Pipeline.from_pretrained(teacher_folder)
+        pipe = SD3Pipeline.from_pretrained(teacher_folder, transformer=teacher)  # for its text encoders
         ctx, pooled = empty_prompt(pipe, config.max_sequence_length, element_spec)
         return FrozenNetworks(params=dict(empty_context=ctx, empty_pooled=pooled))
     if name == "add":
