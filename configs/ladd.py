@@ -7,6 +7,8 @@ Values marked (unconfirmed) are not stated in the LADD paper; they are the defau
 
 import ml_collections
 
+from ladd_jax.convert.lora import ATTENTION_AND_MLP
+
 # variant -> (global batch, teacher blocks used as discriminator features: every `stride`-th block)
 _VARIANTS = {
     "sd3-medium": dict(batch_size=256, feature_stride=2, dtype="bfloat16", remat_policy="dots_saveable"),
@@ -22,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant not in _VARIANTS:
         raise ValueError(f"unknown LADD config variant {variant!r}; choose one of {sorted(_VARIANTS)}")
     v = _VARIANTS[variant]
+    small = variant in ("tiny", "toy")
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.method = "ladd"  # the trainer's other methods (ADD, LCM, Diffusion2GAN) have their own config files
@@ -42,11 +45,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.student.warmup_steps = 500
     c.student.shift = ml_collections.config_dict.placeholder(float)  # apply SD3's shift to them (unconfirmed)
 
+    # LoRA student (rank > 0): only low-rank adapters on `targets` train; the student's weights (the teacher's)
+    # stay frozen. `ladd-jax export --lora` writes the adapters as the file diffusers' load_lora_weights reads.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0  # 0: the whole student trains
+    c.lora.alpha = ml_collections.config_dict.placeholder(float)  # updates scaled by alpha / rank; None: = rank
+    # diffusers' module names (peft's target_modules): every attention and MLP projection.
+    c.lora.targets = ATTENTION_AND_MLP
+    # The frozen base on device: bfloat16 at SD3 sizes halves its memory (the merged kernels are float32).
+    c.lora.base_dtype = "float32" if small else "bfloat16"
+
     # Discriminator: heads on the frozen teacher's block features at t_hat ~ logit-normal(m, s).
     c.disc = ml_collections.ConfigDict()
     c.disc.feature_layers = ()  # explicit block indices; empty = every `feature_stride`-th block
     c.disc.feature_stride = v["feature_stride"]
-    small = variant in ("tiny", "toy")
     c.disc.hidden = 64 if small else 256
     c.disc.num_blocks = 2
     c.disc.cond_dim = 64 if small else 256

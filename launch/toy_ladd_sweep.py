@@ -86,8 +86,8 @@ def main() -> None:
     sampler = Sampler(teacher, held_out, list(range(len(held_out))), 16, demo.cfg)
     measure = Measure(evaluator, args.split, held_out, demo.reference_images, 11)
 
-    def probe(state) -> dict:
-        m = measure(sampler.few_step(state.ema, 1))
+    def probe(ema_params) -> dict:
+        m = measure(sampler.few_step(ema_params, 1))
         return {"fd_1step": m["fd"], "alignment_1step": m["alignment"]}
 
     results = {}

@@ -16,7 +16,7 @@ from tokenizer_fixtures import write_tiny_sd3_folder
 from ladd_jax.convert.lora import WEIGHT_NAME, apply_lora_file, flax_targets, load_lora, save_lora
 from ladd_jax.convert.mmdit import load_mmdit
 from ladd_jax.errors import LaddError
-from ladd_jax.models.lora import LoraSpec, init_lora, lora_paths, merge, unmerge
+from ladd_jax.models.lora import LoraSpec, init_lora, lora_paths, merge, module_at, unmerge
 from ladd_jax.models.mmdit import MMDiT
 
 torch = pytest.importorskip("torch")
@@ -148,3 +148,42 @@ def test_bad_lora_files_get_one_clear_error(tmp_path):
     save_file({"text_encoder.x.lora_A.weight": np.zeros((2, 3), np.float32)}, tmp_path / "te.safetensors")
     with pytest.raises(LaddError, match="transformer LoRAs only"):
         load_lora(tmp_path / "te.safetensors", config)
+
+
+def test_lora_params_shard_like_their_kernels():
+    from ladd_jax.train.sharding import logical_axes
+
+    assert logical_axes("blocks_0_3/attn/to_q/lora_a", 3) == ("layers", "embed", None)
+    assert logical_axes("blocks_0_3/attn/to_q/lora_b", 3) == ("layers", None, "heads")
+    assert logical_axes("blocks_0_3/attn/to_out/lora_b", 3) == ("layers", None, "embed")
+
+
+def test_lora_student_trains_only_adapters_and_exports_both_ways(world, tmp_path):
+    """A LoRA LADD run: its checkpoints hold adapters only; `export --lora` writes the file diffusers loads onto
+    the teacher, and that equals the run's merged export."""
+    from test_train import tiny_config
+
+    from ladd_jax.train.export import export_workdir
+    from ladd_jax.train.loop import train_and_evaluate
+
+    run = tmp_path / "run"
+    train_and_evaluate(tiny_config(world, **{"lora.rank": 2, "lora.alpha": 4.0, "g_lr": 1e-2}), run)
+    file_dir = export_workdir(run, tmp_path / "lora", lora=True)
+    merged = export_workdir(run, tmp_path / "merged")
+    config, teacher = load_mmdit(world["teacher"])
+    spec, lora = load_lora(file_dir, config)
+    assert (spec.rank, spec.alpha) == (2, 4.0)
+    assert any(np.abs(module_at(lora, p)["lora_b"]).max() > 0 for p in lora_paths(lora))  # b was trained
+
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(world["teacher"])
+    pipe.load_lora_weights(file_dir)
+    exported = diffusers.SD3Transformer2DModel.from_pretrained(merged / "transformer")
+    inputs = mmdit_inputs(config)
+    expected = torch_mmdit_forward(exported, *inputs)
+    assert rel_err(torch_mmdit_forward(pipe.transformer, *inputs), expected) < TOL
+    assert rel_err(_ours(config, teacher, inputs), expected) > 1e-4  # the adapters moved the student
+
+    full = tmp_path / "full"
+    train_and_evaluate(tiny_config(world, total_steps=2), full)
+    with pytest.raises(LaddError, match="export it without --lora"):
+        export_workdir(full, tmp_path / "x", lora=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ladd_jax.convert.mmdit import DIFFUSERS_TABLE
+from ladd_jax.convert.mmdit import DIFFUSERS_TABLE, numpy_dtype
 from ladd_jax.convert.params import to_lazy
 from ladd_jax.convert.safetensors_io import SafetensorsFile, write_safetensors
 from ladd_jax.convert.table import LINEAR
@@ -28,6 +28,14 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lor
 PREFIX = "transformer."
 METADATA_KEY = "lora_adapter_metadata"
 _BLOCK, _LAYER = "transformer_blocks.{i}.", "layers/{i}/"
+# diffusers' module names (peft's target_modules) of every attention and MLP projection of a block; the attn2
+# ones exist only in MMDiT-X (SD3.5-medium) and are skipped elsewhere.
+ATTENTION_AND_MLP = (
+    *("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+    *("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"),
+    *("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),
+    *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+)
 _KEY = re.compile(r"transformer_blocks\.(\d+)\.(.+)\.lora_([AB])\.weight")
 
 
@@ -63,8 +71,9 @@ def diffusers_names(config: MMDiTConfig, lora: dict) -> dict[tuple[str, int], st
 
 
 def save_lora(path: str | Path, config: MMDiTConfig, lora: dict, spec: LoraSpec, dtype: str | None = None) -> Path:
-    """Writes `lora` (the adapters of an MMDiT of `config`) as a diffusers/peft LoRA file; `path` is a folder
-    (the file is `WEIGHT_NAME` in it) or a .safetensors file."""
+    """Writes `lora` (the adapters of an MMDiT of `config`) as a diffusers/peft LoRA file, stored in `dtype`
+    ("float32", "bfloat16", "float16"; default float32); `path` is a folder (the file is `WEIGHT_NAME` in it) or
+    a .safetensors file."""
     path = Path(path)
     file = path if path.suffix == ".safetensors" else path / WEIGHT_NAME
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +86,7 @@ def save_lora(path: str | Path, config: MMDiTConfig, lora: dict, spec: LoraSpec,
     # Full module names: peft matches them exactly, so the file adapts the very layers it holds.
     peft_config = {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": sorted(modules)}
     metadata = {"format": "pt", METADATA_KEY: json.dumps({f"{PREFIX}{k}": v for k, v in peft_config.items()})}
-    write_safetensors(file, to_lazy(flat, np.dtype(dtype) if dtype else None), metadata)
+    write_safetensors(file, to_lazy(flat, numpy_dtype(dtype)), metadata)
     return file
 
 

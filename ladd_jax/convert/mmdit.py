@@ -352,7 +352,7 @@ def save_mmdit(
                 ckptr.wait_until_finished()
             (tmp / "config.json").write_text(json.dumps({**config.to_diffusers(), ORBAX_MARKER: "orbax"}, indent=2))
         return Path(path)
-    tensors = export_tensors(config, params, _np_dtype(dtype), _layout(format))
+    tensors = export_tensors(config, params, numpy_dtype(dtype), _layout(format))
     return _write_torch(config, tensors, path, format, overwrite, max_shard_bytes)
 
 
@@ -365,7 +365,7 @@ def convert_checkpoint(
         config, params = load_mmdit(src)
         return save_mmdit(config, params, dst, format, dtype, overwrite)
     config, tensors = open_mmdit(src)
-    tensors = to_layout(config, tensors, _np_dtype(dtype), _layout(format))
+    tensors = to_layout(config, tensors, numpy_dtype(dtype), _layout(format))
     return _write_torch(config, tensors, dst, format, overwrite)
 
 
@@ -393,7 +393,8 @@ def _write_torch(
     return Path(path)
 
 
-def _np_dtype(dtype: str | None):
+def numpy_dtype(dtype: str | None) -> np.dtype | None:
+    """A storage dtype's name ("float32", "float16", "bfloat16") as a numpy dtype; None stays None."""
     if dtype is None:
         return None
     import ml_dtypes

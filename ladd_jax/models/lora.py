@@ -102,7 +102,7 @@ def delta(adapter: dict, scale: float) -> jax.Array:
     return scale * jnp.einsum("lir,lro->lio", a, b)
 
 
-def _add(params: dict, lora: dict, sign: float) -> dict:
+def _add(params: dict, lora: dict, sign: float, dtype: Any = None) -> dict:
     out = jax.tree.map(lambda x: x, params)  # a new tree: the input is left as it was
     for path in lora_paths(lora):
         module = module_at(out, path)
@@ -112,13 +112,14 @@ def _add(params: dict, lora: dict, sign: float) -> dict:
         d = delta(module_at(lora, path), sign)
         if d.shape != kernel.shape:
             raise LaddError(f"the adapter for {path} makes {d.shape}, the kernel is {kernel.shape}")
-        module["kernel"] = (jnp.asarray(kernel, jnp.float32) + d).astype(kernel.dtype)
+        module["kernel"] = (jnp.asarray(kernel, jnp.float32) + d).astype(dtype or kernel.dtype)
     return out
 
 
-def merge(params: dict, lora: dict, scale: float) -> dict:
-    """The adapted params: every adapted kernel W + scale * a @ b (in float32, cast back to W's dtype)."""
-    return _add(params, lora, scale)
+def merge(params: dict, lora: dict, scale: float, dtype: Any = None) -> dict:
+    """The adapted params: every adapted kernel W + scale * a @ b, summed in float32 and cast to `dtype` (default:
+    W's own; a trainer with a bfloat16 base asks for float32, so that small updates are not rounded away)."""
+    return _add(params, lora, scale, dtype)
 
 
 def unmerge(params: dict, lora: dict, scale: float) -> dict:

@@ -114,8 +114,8 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
     curve_sampler = Sampler(teacher, curve_prompts, list(range(len(curve_prompts))), msl, config.cfg)
     curve_measure = Measure(evaluator, "test", curve_prompts, config.reference_images, config.seed + 11)
 
-    def probe(state: Any) -> dict[str, float]:
-        m = curve_measure(curve_sampler.few_step(state.ema, 1))
+    def probe(ema_params: Any) -> dict[str, float]:
+        m = curve_measure(curve_sampler.few_step(ema_params, 1))
         return {"fd_1step": m["fd"], "alignment_1step": m["alignment"]}
 
     ladd.teacher, ladd.data, ladd.seed = str(config.teacher), str(out / "synth"), config.seed

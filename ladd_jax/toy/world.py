@@ -53,7 +53,7 @@ CROSS_ARM_HALF_WIDTH = 0.34
 _RENDER_STREAM = 1 << 20  # keeps render seeds apart from sample_scenes' [seed, split index] streams
 
 
-def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Whether points (u, v), in units of the half-extent r around the centre (v downwards), lie in the shape."""
     if shape == "circle":
         return u * u + v * v <= 1.0
@@ -265,7 +265,7 @@ def _draw(canvas: np.ndarray, world: ToyWorld, shape: str, center: tuple[float, 
     offsets = (np.arange(ss) + 0.5) / ss  # sample positions inside a pixel
     ys = (np.arange(y0, y1)[:, None] + offsets).reshape(-1)
     xs = (np.arange(x0, x1)[:, None] + offsets).reshape(-1)
-    inside = _shape_mask(shape, (xs[None, :] - cx) / r, (ys[:, None] - cy) / r)
+    inside = shape_mask(shape, (xs[None, :] - cx) / r, (ys[:, None] - cy) / r)
     coverage = inside.reshape(y1 - y0, ss, x1 - x0, ss).mean(axis=(1, 3))[..., None]
     patch = canvas[y0:y1, x0:x1]
     canvas[y0:y1, x0:x1] = patch * (1.0 - coverage) + rgb * coverage

@@ -89,7 +89,7 @@ def make_lcm_step(config: ml_collections.ConfigDict, models: Models, mesh: Mesh)
         x_s = jax.lax.stop_gradient(x_s)
 
         # ---------------------------------------------------------------- the target network's prediction at s
-        f = lambda params, x, time: denoise(x, models.student.apply({"params": params}, x, time, ctx, pooled), time)
+        f = lambda params, x, time: denoise(x, models.apply_student(params, frozen, x, time, ctx, pooled), time)
         target = jax.lax.stop_gradient(f(state.ema, x_s, s))
 
         # ---------------------------------------------------------------- consistency loss, student only

@@ -25,12 +25,13 @@ from ladd_jax.convert.mmdit import load_mmdit
 from ladd_jax.data.loader import Loader
 from ladd_jax.errors import LaddError
 from ladd_jax.models.discriminator import init_discriminator
+from ladd_jax.models.lora import init_lora
 from ladd_jax.train import methods, sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from ladd_jax.train.runner import report_compiled, resume_or_init, run_steps
-from ladd_jax.train.state import Models, TrainState, init_state, make_models
+from ladd_jax.train.state import Models, init_state, make_models
 from ladd_jax.train.steps import BATCH_FIELDS, jit_train_step
-from ladd_jax.train.student import init_student, student_layers, subset_config
+from ladd_jax.train.student import init_student, lora_spec, student_layers, subset_config
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -57,6 +58,7 @@ def architecture(models: Models) -> dict:
         teacher=dataclasses.asdict(teacher),
         student=dataclasses.asdict(student),
         disc=dataclasses.asdict(models.disc.config),
+        lora=dataclasses.asdict(models.lora) if models.lora else None,
     )
 
 
@@ -107,8 +109,11 @@ def build(
     )[1]
     student_host = jax.eval_shape(make_student, teacher_host) if is_abstract else make_student(teacher_host)
     student_cfg = subset_config(teacher_cfg, student_layers(teacher_cfg, config.student.layers))
+    lora = lora_spec(config.get("lora"))
+    if lora is not None and config.student.init != "teacher":
+        raise LaddError("a LoRA student adapts the teacher's weights: set student.init=teacher (or lora.rank=0)")
     models = make_models(
-        config, teacher_cfg, student_cfg, **networks.modules, heads_on_features=networks.heads_on_features
+        config, teacher_cfg, student_cfg, **networks.modules, heads_on_features=networks.heads_on_features, lora=lora
     )
     disc_host = {}  # a method without heads keeps an empty tree
     if methods.uses_heads(config):
@@ -117,9 +122,14 @@ def build(
             models.disc.config, jax.random.fold_in(key, 2), feature_dim, teacher_cfg.pooled_projection_dim
         )
     frozen_host = dict(teacher=teacher_host, **networks.params)
-    frozen_sharding = sharding.param_shardings(frozen_host, mesh)
-    # The teacher is cast to teacher_dtype; the other frozen networks stay as loaded (float32).
+    # The teacher is cast to teacher_dtype, a LoRA student's base to lora.base_dtype; the other frozen networks
+    # stay as loaded (float32).
     casts = dict(teacher=DTYPES[config.teacher_dtype])
+    if lora is not None:  # the student's initial params become its frozen base; its trainable params, adapters
+        frozen_host["student_base"], casts["student_base"] = student_host, DTYPES[config.lora.base_dtype]
+        make_adapters = lambda p: init_lora(lora, p, jax.random.fold_in(key, 3))
+        student_host = jax.eval_shape(make_adapters, student_host) if is_abstract else make_adapters(student_host)
+    frozen_sharding = sharding.param_shardings(frozen_host, mesh)
     frozen = {}
     for name, host in frozen_host.items():
         cast = casts.get(name, jnp.float32)
@@ -161,14 +171,17 @@ def compile_step(setup: Setup, spec: dict) -> Any:
     return step.lower(setup.abstract_state, jax.tree.map(abstract, setup.frozen), batch, key).compile()
 
 
-def make_loader(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Loader:
-    """The training data (latents and text embeddings), the batch split like the trainers' batch axis."""
+def make_loader(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, fields: tuple[str, ...] | None = None
+) -> Loader:
+    """The training data (latents and text embeddings; `fields`, default the method's), the batch split like the
+    trainers' batch axis."""
     return Loader(
         require_folder(config, "data", "a `ladd-jax synth` or `ladd-jax encode-real` output folder"),
         config.batch_size,
         mesh,
         seed=config.seed,
-        fields=methods.batch_fields(config),
+        fields=fields or methods.batch_fields(config),
         batch_axes=tuple(sharding.LOGICAL_RULES["batch"]),
     )
 
@@ -176,10 +189,11 @@ def make_loader(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> L
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
-    evaluate: Callable[[TrainState], dict[str, float]] | None = None,
+    evaluate: Callable[[Any], dict[str, float]] | None = None,
 ) -> dict[str, float]:
-    """Trains (or resumes) until config.total_steps; returns the last logged metrics. `evaluate(state)`, if given,
-    runs at the start and every config.eval_every steps and is logged as eval/NAME (e.g. the toy world's FD)."""
+    """Trains (or resumes) until config.total_steps; returns the last logged metrics. `evaluate(params)`, if given,
+    takes the EMA student's full params (a LoRA student's merged into its base), runs at the start and every
+    config.eval_every steps, and is logged as eval/NAME (e.g. the toy world's FD)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(**config.mesh)
@@ -196,10 +210,11 @@ def train_and_evaluate(
     compiled = compile_step(setup, loader.element_spec)
     name = methods.method(config).upper()
     report_compiled(name, compiled, time.perf_counter() - start)
+    ema_params = lambda state: models.student_params(state.ema, setup.frozen)
     samples = None
     if config.sample_every and jax.process_index() == 0:
         grids = _sample_grids(config, setup)
-        samples = lambda state, path: grids.save(state.ema, path)
+        samples = lambda state, path: grids.save(ema_params(state), path)
     return run_steps(
         name,
         config,
@@ -212,7 +227,7 @@ def train_and_evaluate(
         meta,
         dict(d="d_loss", g="g_loss", acc="d_acc", lcm="lcm_loss", mse="mse", lpips="perceptual"),
         samples,
-        evaluate,
+        None if evaluate is None else lambda state: evaluate(ema_params(state)),
     )[1]
 
 

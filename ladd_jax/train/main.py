@@ -1,11 +1,12 @@
-"""`ladd-jax train`, `ladd-jax pretrain`, `ladd-jax aot` and `ladd-jax export`: thin mains over the trainers.
+"""`ladd-jax train`, `pretrain`, `dpo`, `aot` and `export`: thin mains over the trainers.
 
     ladd-jax train --config configs/ladd.py:VARIANT --workdir W [--config.key=value ...]
                [--coordinator_address host:port --num_processes N --process_id I]   (else auto-detected)
     ladd-jax pretrain --config configs/pretrain.py:toy --workdir W --config.model=DIR --config.data=DIR
+    ladd-jax dpo --config configs/dpo.py:toy --workdir W --config.model=DIR --config.data=PAIRS
     ladd-jax aot --config configs/ladd.py:sd3-medium --preset sd3-medium --devices 8 [--resolution 1024]
                [--device-memory 80GB] [--json] [--config.key=value ...]
-    ladd-jax export --workdir W --out DIR [--ema] [--step N] [--dtype bfloat16] [--overwrite]
+    ladd-jax export --workdir W --out DIR [--ema] [--step N] [--dtype bfloat16] [--overwrite] [--lora]
 
 `--config` and its `--config.key=value` overrides are ml_collections config flags (absl), so they are parsed
 from the arguments argparse leaves over.
@@ -52,7 +53,9 @@ def _run_trainer(rest: Sequence[str], trainer: str) -> None:
     from ladd_jax import distributed
 
     distributed.initialize(values)
-    if trainer == "pretrain":
+    if trainer == "dpo" and values.config.get("objective") != "dpo":
+        raise LaddError("`ladd-jax dpo` needs a DPO config (objective 'dpo'), e.g. --config configs/dpo.py:toy")
+    if trainer in ("pretrain", "dpo"):
         from ladd_jax.train.pretrain import pretrain as fn
     else:
         from ladd_jax.train.loop import train_and_evaluate as fn
@@ -66,6 +69,10 @@ def run_train(args: argparse.Namespace, rest: Sequence[str]) -> None:
 
 def run_pretrain(args: argparse.Namespace, rest: Sequence[str]) -> None:
     _run_trainer(rest, "pretrain")
+
+
+def run_dpo(args: argparse.Namespace, rest: Sequence[str]) -> None:
+    _run_trainer(rest, "dpo")
 
 
 def run_aot(args: argparse.Namespace, rest: Sequence[str]) -> None:
@@ -103,9 +110,13 @@ def run_export(args: argparse.Namespace, rest: Sequence[str]) -> None:
     from ladd_jax.train.export import export_workdir
 
     out = export_workdir(
-        args.workdir, args.out, ema=args.ema, step=args.step, dtype=args.dtype, overwrite=args.overwrite
+        args.workdir, args.out, ema=args.ema, step=args.step, dtype=args.dtype, overwrite=args.overwrite, lora=args.lora
     )
-    print(f"wrote {out}: a diffusers SD3 pipeline folder with the {'EMA ' if args.ema else ''}student")
+    which = "EMA " if args.ema else ""
+    if args.lora:
+        print(f"wrote {out}: the {which}student's LoRA; diffusers: pipe.load_lora_weights({str(out)!r})")
+    else:
+        print(f"wrote {out}: a diffusers SD3 pipeline folder with the {which}student")
 
 
 def add_train_parsers(sub: argparse._SubParsersAction) -> None:
@@ -113,6 +124,8 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=run_train, takes_rest=True)
     p = sub.add_parser("pretrain", help="rectified-flow pretraining: --config configs/pretrain.py:toy --workdir W")
     p.set_defaults(fn=run_pretrain, takes_rest=True)
+    p = sub.add_parser("dpo", help="Diffusion-DPO (LoRA) of a teacher: --config configs/dpo.py:toy --workdir W")
+    p.set_defaults(fn=run_dpo, takes_rest=True)
     p = sub.add_parser("aot", help="compile the LADD step ahead of time on an abstract mesh; print memory")
     p.set_defaults(fn=run_aot, takes_rest=True)
     p = sub.add_parser("export", help="write a trained student as a diffusers SD3 pipeline folder")
@@ -122,4 +135,5 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--lora", action="store_true", help="a LoRA run: write only its adapters, as a diffusers LoRA file")
     p.set_defaults(fn=run_export, takes_rest=True)

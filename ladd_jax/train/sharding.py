@@ -75,7 +75,12 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
 
 
 def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
-    """The logical names of a param's dims, from `PARAM_AXES`; None for dims no rule names."""
+    """The logical names of a param's dims, from `PARAM_AXES`; None for dims no rule names. A LoRA pair
+    (models/lora.py) takes its kernel's names, the rank axis unnamed: a [.., in, r], b [.., r, out]."""
+    module, _, leaf = path.rpartition("/")
+    if leaf in ("lora_a", "lora_b"):
+        *lead, d_in, d_out = logical_axes(f"{module}/kernel", ndim)
+        return (*lead, d_in, None) if leaf == "lora_a" else (*lead, None, d_out)
     scanned = path.startswith("blocks_")
     names: tuple[str | None, ...] = ()
     for pattern, axes in PARAM_AXES:

@@ -17,6 +17,7 @@ import optax
 
 from ladd_jax.errors import LaddError
 from ladd_jax.models.discriminator import Discriminator, DiscriminatorConfig, default_feature_layers
+from ladd_jax.models.lora import LoraSpec, merge
 from ladd_jax.models.mmdit import MMDiT, MMDiTConfig
 
 
@@ -34,7 +35,8 @@ class TrainState:
 class Models:
     """Everything static a step needs: the modules and the optimisers (hashable, closed over by jit). `vae` and
     `features` are the frozen networks some methods add (ADD: the VAE and a pixel feature network; regression: a
-    latent feature network); their params travel in the step's `frozen` argument beside the teacher's."""
+    latent feature network); their params travel in the step's `frozen` argument beside the teacher's. With `lora`
+    the student's trainable params are adapters, and its frozen base travels in `frozen` as "student_base"."""
 
     teacher: MMDiT
     student: MMDiT
@@ -43,10 +45,21 @@ class Models:
     d_tx: optax.GradientTransformation
     vae: Any = None
     features: Any = None
+    lora: LoraSpec | None = None
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
         return self.disc.config.feature_layers
+
+    def student_params(self, trainable: Any, frozen: dict[str, Any]) -> Any:
+        """The student's full params: `trainable` itself, or its frozen base with the adapters merged in."""
+        if self.lora is None:
+            return trainable
+        return merge(frozen["student_base"], trainable, self.lora.scale, jnp.float32)
+
+    def apply_student(self, trainable: Any, frozen: dict[str, Any], *inputs: jax.Array) -> jax.Array:
+        """The student's velocity for (x, t, context, pooled)."""
+        return self.student.apply({"params": self.student_params(trainable, frozen)}, *inputs)
 
 
 def optimizer(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -105,9 +118,11 @@ def make_models(
     vae: Any = None,
     features: Any = None,
     heads_on_features: int | None = None,
+    lora: LoraSpec | None = None,
 ) -> Models:
     """The modules and optimisers. The heads read the teacher's blocks, or, with `heads_on_features` = the number
-    of layers of `features` (a frozen feature network module, ADD's), that network's layers."""
+    of layers of `features` (a frozen feature network module, ADD's), that network's layers. `lora`: a LoRA
+    student (only adapters train)."""
     if heads_on_features is None:
         heads = disc_config(config, teacher.num_layers)
     else:
@@ -120,6 +135,7 @@ def make_models(
         d_tx=optimizer(config.d_lr, config),
         vae=vae,
         features=features,
+        lora=lora,
     )
 
 

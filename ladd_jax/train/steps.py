@@ -130,7 +130,7 @@ class Game:
         x0, ctx, pooled = self.inputs
         t = self.draws["t"]
         x_t = add_noise(x0, self.draws["eps"], t)
-        v = self.models.student.apply({"params": student_params}, x_t, t, ctx, pooled)
+        v = self.models.apply_student(student_params, self.frozen, x_t, t, ctx, pooled)
         return constrain_batch(denoise(x_t, v, t), self.mesh)
 
     def features(self, x0_like: jax.Array, eps: jax.Array, c: jax.Array, p: jax.Array) -> tuple[jax.Array, ...]:

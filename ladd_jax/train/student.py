@@ -1,4 +1,5 @@
-"""The student's architecture and initial params: the teacher itself, a subset of its blocks, or random."""
+"""The student's architecture and initial params: the teacher itself, a subset of its blocks, or random; and, for a
+LoRA student, which adapters train."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from ladd_jax.convert.lora import flax_targets
 from ladd_jax.errors import LaddError
+from ladd_jax.models.lora import LoraSpec
 from ladd_jax.models.mmdit import MMDiTConfig, init_params
 
 
@@ -63,3 +67,11 @@ def init_student(
     if init == "random":
         params = jax.device_get(init_params(config, rng))
     return config, params
+
+
+def lora_spec(lora: ml_collections.ConfigDict | None) -> LoraSpec | None:
+    """The adapters a `lora` config section asks for, or None when the whole model trains (no section, rank 0)."""
+    if lora is None or not lora.rank:
+        return None
+    alpha = float(lora.rank if lora.alpha is None else lora.alpha)
+    return LoraSpec(int(lora.rank), alpha, flax_targets(lora.targets))
