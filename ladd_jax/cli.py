@@ -23,6 +23,19 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.dst} ({args.to}{extra}) in {time.perf_counter() - start:.1f} s")
 
 
+def _lora_merge(args: argparse.Namespace) -> None:
+    from ladd_jax.atomic import check_writable_destination
+    from ladd_jax.convert.lora import apply_lora_file
+    from ladd_jax.convert.mmdit import load_mmdit
+    from ladd_jax.export import export_student
+
+    check_writable_destination(Path(args.out), args.overwrite)  # before any reading
+    config, params = load_mmdit(args.model)
+    merged = apply_lora_file(config, params, args.lora, args.weight)
+    export_student(args.model, config, merged, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {args.model} with the LoRA {args.lora} merged (weight {args.weight:g})")
+
+
 def _bench(args: argparse.Namespace) -> None:
     from ladd_jax import bench
 
@@ -40,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the source's dtype")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     p.set_defaults(fn=_convert)
+
+    p = sub.add_parser("lora-merge", help="a pipeline folder with a diffusers/peft LoRA merged into its transformer")
+    p.add_argument("--model", required=True, help="a diffusers SD3 pipeline folder (a teacher or a distilled student)")
+    p.add_argument("--lora", required=True, help="a LoRA .safetensors file, or the folder holding it")
+    p.add_argument("--out", required=True, help="the pipeline folder to write")
+    p.add_argument("--weight", type=float, default=1.0, help="the adapter's weight (diffusers' adapter scale)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=_lora_merge)
 
     p = sub.add_parser("bench", help="benchmarks (figures for the README; never timed tests)")
     p.add_argument(

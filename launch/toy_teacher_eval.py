@@ -5,7 +5,7 @@ split, alignment and the evaluator's per-attribute accuracy (count, relation axi
 
     python launch/toy_teacher_eval.py --out runs/teacher_curve step0=ladd_jax/toy/assets/teacher 2000=runs/t2000 ...
 
-Each folder argument is LABEL=FOLDER; labels that are integers are plotted as training steps.
+Each folder argument is LABEL=FOLDER; labels that are integers are plotted as training steps (no plot without any).
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def main() -> None:
             results[label][split] = dict(full=full, one_step=one, real=floor)
         print(json.dumps({label: results[label]}))
     Path(args.out + ".json").write_text(json.dumps(results, indent=1))
-    plot(results, Path(args.out + ".png"), demo)
+    if any(k.lstrip("-").isdigit() for k in results):  # a curve needs labels that are training steps
+        plot(results, Path(args.out + ".png"), demo)
 
 
 def plot(results: dict, path: Path, demo: DemoConfig) -> None:

@@ -114,3 +114,11 @@ def test_dpo_lora_run(world, pairs, tmp_path):
     _, tuned = load_mmdit(tmp_path / "pipeline")
     expected = merge(base, lora, spec.scale)
     assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), tuned, expected))) < 1e-6
+
+
+def test_dpo_command_needs_a_dpo_config(tmp_path, capsys):
+    from ladd_jax.cli import main
+
+    config = f"{ROOT / 'configs' / 'pretrain.py'}:tiny"
+    assert main(["dpo", "--config", config, "--workdir", str(tmp_path)]) == 2
+    assert "needs a DPO config" in capsys.readouterr().err

@@ -119,4 +119,3 @@ def write_pairs(
 
     write_shards(out_dir, manifest, produce, desc="pairs")
     return manifest
-

@@ -3,8 +3,10 @@ the prompt written K times, so each sample has its own seed), judged by the toy 
 evaluator), each prompt's best against its worst.
 
     python -m ladd_jax.toy.preferences --teacher DIR --out DIR [--prompts 512] [--samples 4] [--steps 20] [--cfg 3]
+                                       [--scorer judge|random]
 
-writes OUT/samples (the synth records) and OUT/pairs (the pair records `ladd-jax dpo` trains on).
+writes OUT/samples (the synth records) and OUT/pairs (the pair records `ladd-jax dpo` trains on); `--scorer random`
+writes OUT/pairs_random from the same samples, the control whose preferences carry no information.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import numpy as np
 from ladd_jax.data.preferences import write_pairs
 from ladd_jax.errors import LaddError
 
-JUDGE = "toy judge (ladd_jax/toy/judge.py)"
+SCORERS = ("judge", "random")  # "random": the control, preferences that carry no information
+
+
+def random_scorer(seed: int) -> Any:
+    """Scores drawn at random (deterministic for a fixed order of calls): pairs that prefer nothing."""
+    rng = np.random.default_rng(seed)
+    return lambda prompts, latents: rng.uniform(size=len(prompts))
 
 
 def judge_scorer(pipe: Any, world: Any) -> Any:
@@ -42,13 +50,17 @@ def make_toy_pairs(
     min_margin: float = 0.1,
     seed: int = 0,
     max_sequence_length: int = 16,
+    scorer: str = "judge",
 ) -> dict[str, Any]:
-    """Writes OUT/samples and OUT/pairs; returns the pairs' manifest."""
+    """Writes OUT/samples (reused when present) and OUT/pairs (OUT/pairs_random for the random control); returns
+    the pairs' manifest."""
     from ladd_jax.data.synth import run_synth
     from ladd_jax.pipeline import SD3Pipeline
     from ladd_jax.toy.components import read_toy_world
     from ladd_jax.toy.world import sample_scenes
 
+    if scorer not in SCORERS:
+        raise LaddError(f"--scorer {scorer!r}: use one of {SCORERS}")
     if samples_per_prompt < 2:
         raise LaddError(f"--samples {samples_per_prompt}: a pair needs at least 2 samples per prompt")
     out = Path(out)
@@ -69,7 +81,10 @@ def make_toy_pairs(
         batch_size=32,
         pipeline=pipe,
     )
-    return write_pairs(out / "samples", out / "pairs", judge_scorer(pipe, world), JUDGE, min_margin)
+    if scorer == "random":
+        return write_pairs(out / "samples", out / "pairs_random", random_scorer(seed), "random", min_margin)
+    judge = judge_scorer(pipe, world)
+    return write_pairs(out / "samples", out / "pairs", judge, "toy judge (ladd_jax/toy/judge.py)", min_margin)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,14 +97,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--min-margin", type=float, default=0.1, help="least score gap between chosen and rejected")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scorer", choices=SCORERS, default="judge", help="random: the control (writes OUT/pairs_random)")
     args = p.parse_args(argv)
     manifest = make_toy_pairs(
-        args.teacher, args.out, args.prompts, args.samples, args.steps, args.cfg, args.min_margin, args.seed
+        args.teacher,
+        args.out,
+        args.prompts,
+        args.samples,
+        args.steps,
+        args.cfg,
+        args.min_margin,
+        args.seed,
+        scorer=args.scorer,
     )
     s = manifest["settings"]
     print(
-        f"{manifest['num_records']} pairs of {s['num_prompts']} prompts; judge score: all samples {s['mean_score']:.3f}, "
-        f"chosen {s['mean_chosen']:.3f}, rejected {s['mean_rejected']:.3f}"
+        f"{manifest['num_records']} pairs of {s['num_prompts']} prompts; {args.scorer} score: all samples "
+        f"{s['mean_score']:.3f}, chosen {s['mean_chosen']:.3f}, rejected {s['mean_rejected']:.3f}"
     )
 
 
