@@ -250,3 +250,42 @@ def test_two_processes_train_and_checkpoint_together(world, tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]  # process 0 logs
     params = saved_params(tmp_path, 2)  # the jointly written checkpoint restores
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_multi_aspect_run_compiles_once_per_bucket(bucket_world, tmp_path, capsys):
+    """Six steps over two buckets (two blocks of 64x64 twice and 48x80 once, in a seeded order): the step is lowered and
+    compiled once per bucket before the first step and never again; the sample grid has a labelled block per
+    bucket."""
+    import jax.monitoring
+    from PIL import Image
+
+    compiles = []
+
+    def listen(event: str, seconds: float, **kw) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":  # fired on persistent-cache hits too
+            compiles.append(kw["fun_name"])
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    config = tiny_config(bucket_world, total_steps=6, checkpoint_every=6, sample_every=6)
+    config.sample_prompts, config.teacher_sample_steps, config.sample_steps = config.sample_prompts[:1], 2, (1,)
+    original = Loader.__next__
+    shapes = []
+
+    def next_recording(self):
+        batch = original(self)
+        shapes.append(batch["latent"].shape[1:3])
+        return batch
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Loader, "__next__", next_recording)
+            train_and_evaluate(config, tmp_path)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert sorted(shapes[:3]) == sorted(shapes[3:]) == [(12, 20), (16, 16), (16, 16)]
+    assert compiles.count("jit(train_step)") == 2
+    out = capsys.readouterr().out
+    assert "compiled the LADD (latent 16x16x16) step" in out and "compiled the LADD (latent 12x20x16) step" in out
+    assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 7))
+    grid = np.asarray(Image.open(tmp_path / "samples" / "0000006.png"))
+    assert grid.shape == (12 + 64 + 12 + 48, 2 * 80, 3)  # label, 64x64 row (padded), label, 48x80 row

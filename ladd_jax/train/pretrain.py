@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from ladd_jax.pipeline import SD3Pipeline
 from ladd_jax.train import sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from ladd_jax.train.loop import make_loader, require_folder
-from ladd_jax.train.runner import report_compiled, resume_or_init, run_steps
+from ladd_jax.train.runner import CompiledSteps, resume_or_init, run_steps
 from ladd_jax.train.state import compute_fields, optimizer
 from ladd_jax.train.steps import BATCH_FIELDS as FIELDS
 from ladd_jax.train.uncond import empty_prompt
@@ -124,11 +123,13 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )
-    start = time.perf_counter()
-    shape = lambda f: (config.batch_size, *loader.element_spec[f][0])
-    batch = {f: jax.ShapeDtypeStruct(shape(f), jnp.float32, sharding=batch_sharding[f]) for f in FIELDS}
-    compiled = step.lower(abstract_state, *constants, batch, jax.eval_shape(lambda: jax.random.key(0))).compile()
-    report_compiled("pretrain", compiled, time.perf_counter() - start)
+
+    def compile_for(spec: dict) -> Any:
+        shape = lambda f: (config.batch_size, *spec[f][0])
+        batch = {f: jax.ShapeDtypeStruct(shape(f), jnp.float32, sharding=batch_sharding[f]) for f in FIELDS}
+        return step.lower(abstract_state, *constants, batch, jax.eval_shape(lambda: jax.random.key(0))).compile()
+
+    steps = CompiledSteps("pretrain", compile_for, loader.element_specs)
 
     def samples(state: PretrainState, path: Path) -> Any:
         from PIL import Image
@@ -152,7 +153,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         "pretrain",
         config,
         workdir,
-        compiled,
+        steps,
         state,
         constants,
         loader,
