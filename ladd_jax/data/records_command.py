@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ladd_jax.data.buckets import format_bucket
 from ladd_jax.data.loader import bench_loader
-from ladd_jax.data.records import iter_records, read_manifest, record_buckets
+from ladd_jax.data.records import iter_records, read_manifest
 
 
 def add_records_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,9 +33,9 @@ def _run_records(args: argparse.Namespace) -> None:
     total = manifest["num_records"]
     fields = ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in manifest["fields"].items())
     print(f"{args.data}: {manifest['source']}, {total} records in {len(manifest['shards'])} shards; {fields}")
-    for bucket in record_buckets(manifest) if "buckets" in manifest else []:
-        shapes = ", ".join(f"{k} {v['shape']}" for k, v in bucket.fields.items())
-        print(f"  bucket {format_bucket(bucket.size)}: {bucket.num_records} records; {shapes}")
+    for bucket in manifest.get("buckets", []):
+        shapes = ", ".join(f"{k} {v}" for k, v in bucket["shapes"].items())
+        print(f"  bucket {format_bucket(bucket['size'])}: {bucket['num_records']} records; {shapes}")
     good = sum(1 for _ in tqdm(iter_records(args.data, args.skip_corrupt), total=total, desc="check", unit="record"))
     if good < total:
         print(f"skipped {total - good} corrupt records of {total} (each named above)")
