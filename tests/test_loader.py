@@ -220,13 +220,19 @@ assert batches[0].shape == (4, 2, 2, 4) and not batches[0].is_fully_addressable
 rows = [[float(s.data[r, 0, 0, 0]) for s in b.addressable_shards for r in range(s.data.shape[0])] for b in batches]
 starts = sorted({{s.index[0].start for b in batches for s in b.addressable_shards}})
 print("ROWS", jax.process_index(), starts, rows)
+with Loader({bucketed!r}, 4, mesh, seed=2, fields=("latent",)) as loader:
+    batches = [next(loader)["latent"] for _ in range(6)]
+shapes = [list(b.shape[1:3]) for b in batches]
+rows = [[float(s.data[r, 0, 0, 0]) for s in b.addressable_shards for r in range(s.data.shape[0])] for b in batches]
+print("BUCKETS", jax.process_index(), str(shapes).replace(" ", ""), rows)
 """
 
 
-def test_two_processes_each_read_their_slice(data):
+def test_two_processes_each_read_their_slice(data, bucketed):
     """Two jax.distributed CPU processes, one device each: process p holds rows [2p, 2p + 2) of every global batch,
-    filled from records r with r mod 2 == p, and over an epoch each sees its records once."""
-    script = TWO_PROCESS_SCRIPT.format(port=free_port(), data=str(data))
+    filled from records r with r mod 2 == p, and over an epoch each sees its records once. With buckets, both draw
+    the same bucket at every step, each from its half of that bucket."""
+    script = TWO_PROCESS_SCRIPT.format(port=free_port(), data=str(data), bucketed=str(bucketed))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     procs = [
@@ -243,6 +249,13 @@ def test_two_processes_each_read_their_slice(data):
         assert int(index) == p and json.loads(starts) == [2 * p]
         seen = [int(v) for b in json.loads(rows) for v in b]
         assert all(i % 2 == p for i in seen) and sorted(seen) == list(range(p, 20, 2))
+    buckets = [line.split(" ", 3)[2:] for out in outs for line in out.splitlines() if line.startswith("BUCKETS")]
+    (shapes_0, rows_0), (shapes_1, rows_1) = [(json.loads(a), json.loads(b)) for a, b in buckets]
+    assert shapes_0 == shapes_1 and len({tuple(s) for s in shapes_0}) > 1
+    starts = {(2, 2): 0, (1, 3): 12, (3, 1): 20}  # each bucket's first record
+    for p, rows in enumerate((rows_0, rows_1)):
+        for shape, batch in zip(shapes_0, rows, strict=True):
+            assert all((int(i) - starts[tuple(shape)]) % 2 == p for i in batch)
 
 
 def bucket_steps(loader, n: int) -> list[tuple[tuple[int, int], list[int]]]:
