@@ -175,7 +175,7 @@ def make_manifest(
                 "num_records": n,
                 "shapes": {k: _shape(v) for k, v in shapes.items()},
             }
-            for (size, n, shapes), start in zip(buckets, starts, strict=False)
+            for (size, n, shapes), start in zip(buckets, starts[:-1], strict=True)
         ]
     return manifest
 

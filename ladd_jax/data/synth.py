@@ -208,7 +208,7 @@ def _sampler(
     starts = np.cumsum([0] + [len(items) for _, items in layout]).tolist()
 
     def produce(start: int, stop: int) -> Iterator[dict[str, Any]]:
-        for (size, bucket_items), first in zip(layout, starts, strict=False):  # a call samples one size
+        for (size, bucket_items), first in zip(layout, starts[:-1], strict=True):  # a call samples one size
             segment = bucket_items[max(start - first, 0) : max(stop - first, 0)]
             for lo in range(0, len(segment), per_call):
                 yield from sample(segment[lo : lo + per_call], size)
