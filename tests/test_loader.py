@@ -281,6 +281,8 @@ def test_buckets_give_same_bucket_batches_by_count_in_a_seeded_order(bucketed):
     with Loader(bucketed, 4, mesh(), seed=5, num_epochs=1) as loader:  # one epoch: no record twice
         seen = [i for b in loader for i in indices(b)]
     assert len(seen) == 24 and len(set(seen)) == 24
+    with Loader(bucketed, 4, mesh(), shuffle=False, num_epochs=1) as loader:  # in order, the last record left out
+        assert [i for b in loader for i in indices(b)] == list(range(24))
 
 
 def test_bucketed_resume_continues_the_same_sequence(bucketed):

@@ -6,7 +6,8 @@ k = jax.process_index(), K = jax.process_count() for meshes whose devices are or
 orders them; n_b // K records each, so that the processes' epochs end together) -> a seeded global shuffle of the
 slice, reshuffled every epoch -> repeated: the bucket's stream of rows. The schedule then says which bucket each
 step draws: in every block of T = sum_b floor(n_b / global_batch_size) steps, bucket b is drawn floor(n_b /
-global_batch_size) times (weighted by its count) in an order shuffled with (seed, block); the step takes the next
+global_batch_size) times (weighted by its count) in an order shuffled with (seed, block) (in bucket order without
+`shuffle`); the step takes the next
 global_batch_size / K rows of that bucket's stream. Every process computes the same schedule, so a step's batch is
 one bucket on every process. Then decoding in READ_THREADS threads -> batches -> optional worker processes
 (`worker_count`) -> a prefetch thread (`prefetch` batches). `next(loader)` turns the local batch into global arrays
@@ -89,10 +90,11 @@ class RecordSource:
 class BucketSchedule(grain.MapDataset):
     """Row q of the loader's stream (step q // rows, row q % rows of this process's part of the batch) -> the
     record from the stream of the bucket that step draws (see the module's docstring). `streams`: each bucket's
-    shuffled, repeated slice; `steps`: how often each bucket is drawn per block of sum(steps) steps."""
+    shuffled, repeated slice; `steps`: how often each bucket is drawn per block of sum(steps) steps; `seed` None
+    draws them in bucket order."""
 
     def __init__(
-        self, streams: Sequence[grain.MapDataset], steps: Sequence[int], rows: int, seed: int, blocks: int | None
+        self, streams: Sequence[grain.MapDataset], steps: Sequence[int], rows: int, seed: int | None, blocks: int | None
     ):
         super().__init__(list(streams))
         self.steps, self.rows, self.seed = np.asarray(steps), rows, seed
@@ -106,7 +108,8 @@ class BucketSchedule(grain.MapDataset):
     def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """(bucket of each step of the block, how many batches that bucket gave before it, from the start)."""
         order = np.repeat(np.arange(len(self.steps)), self.steps)
-        order = np.random.default_rng([self.seed, block]).permutation(order)
+        if self.seed is not None:
+            order = np.random.default_rng([self.seed, block]).permutation(order)
         taken = np.empty_like(order)
         for b, n in enumerate(self.steps):
             taken[order == b] = block * n + np.arange(n)
@@ -215,7 +218,7 @@ class Loader:
                 )
             streams.append((ds.shuffle(seed) if shuffle else ds).repeat())
         steps = [bucket.num_records // global_batch_size for bucket in source.buckets]
-        ds = BucketSchedule(streams, steps, local, seed, num_epochs)
+        ds = BucketSchedule(streams, steps, local, seed if shuffle else None, num_epochs)
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_BUFFER))
         it = it.batch(local, drop_remainder=True)
         if worker_count > 0:
