@@ -14,7 +14,7 @@ the manifest lists the buckets with their record ranges and latent shapes (recor
 still come from (seed, i) alone.
 
 Every call runs `batch_size` prompts per local device, sharded over all local devices along "data"; the last
-batch of a shard is padded, so all calls have one shape and compile once.
+batch of a shard (or of a bucket within it) is padded, so all calls have one shape per bucket and compile once.
 
 Reproducibility: a record depends on its prompt, (seed, i), the settings, the weights and the per-device batch
 size, never on the number of devices, hosts or shards. XLA picks kernels by the shapes it runs: a device runs the
@@ -317,7 +317,9 @@ def _bucket_prompts(config: SynthConfig, num: int, multiple: int, default: int) 
     if not config.bucket_column:
         return list(buckets), assign_buckets(num, len(buckets), config.seed)
     if Path(config.prompts).suffix == ".txt":
-        raise LaddError(f"{config.prompts} is a .txt file, which has no {config.bucket_column!r} column; use .jsonl")
+        raise LaddError(
+            f"{config.prompts} is a .txt file, which has no {config.bucket_column!r} column; use .jsonl or .parquet"
+        )
     values = read_prompts(config.prompts, config.bucket_column)[:num]
     return list(buckets), buckets_from_column(values, buckets, str(config.prompts))
 
