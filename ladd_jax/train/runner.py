@@ -113,10 +113,9 @@ class CompiledSteps:
         for spec in specs:
             start = time.perf_counter()
             compiled = compile_for(spec)
-            latent = "x".join(str(d) for d in spec["latent"][0])
-            report_compiled(
-                f"{name} (latent {latent})" if len(specs) > 1 else name, compiled, time.perf_counter() - start
-            )
+            # With several buckets, each is named by its image-like (h, w, C) fields' shapes.
+            images = ", ".join(f"{f} {'x'.join(map(str, s))}" for f, (s, _) in spec.items() if len(s) == 3)
+            report_compiled(f"{name} ({images})" if len(specs) > 1 else name, compiled, time.perf_counter() - start)
             self.compiled[batch_key({f: shape for f, (shape, _) in spec.items()})] = compiled
         self.flops = {key: step_flops(compiled) for key, compiled in self.compiled.items()}
 
