@@ -102,3 +102,31 @@ def world(tmp_path_factory) -> dict[str, Path]:
         batch_size=8,
     )
     return dict(teacher=teacher, data=root / "data")
+
+
+@pytest.fixture(scope="session")
+def bucket_world(world, tmp_path_factory) -> dict[str, Path]:
+    """The tiny teacher's records at two of the toy world's buckets, assigned by a column of the prompts file: 8
+    prompts at 64x64, 4 at 48x80 (two buckets keep the compile-per-bucket test short)."""
+    import json
+
+    from ladd_jax.data.buckets import TOY_BUCKETS, format_bucket
+    from ladd_jax.data.synth import run_synth
+
+    root = tmp_path_factory.mktemp("buckets")
+    sizes = [TOY_BUCKETS[0]] * 8 + [TOY_BUCKETS[1]] * 4
+    lines = [json.dumps({"prompt": f"a photo of thing {i}", "bucket": format_bucket(b)}) for i, b in enumerate(sizes)]
+    (root / "prompts.jsonl").write_text("\n".join(lines))
+    run_synth(
+        model=str(world["teacher"]),
+        prompts=str(root / "prompts.jsonl"),
+        out=str(root / "data"),
+        num_steps=2,
+        cfg=2.0,
+        max_sequence_length=8,
+        batch_size=4,
+        shard_size=5,
+        buckets=",".join(format_bucket(b) for b in TOY_BUCKETS[:2]),
+        bucket_column="bucket",
+    )
+    return dict(teacher=world["teacher"], data=root / "data")

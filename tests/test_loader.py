@@ -49,6 +49,32 @@ def data(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("data") / "records")
 
 
+BUCKETS = {(8, 8): 12, (4, 12): 8, (12, 4): 5}  # pixel size -> records; latents are size / 4 with 4 channels
+
+
+def write_bucketed(out: Path, buckets: dict = BUCKETS, shard_size: int = 7) -> Path:
+    """A multi-aspect folder as synth writes it: records grouped by bucket, latent i filled with i."""
+    latent = lambda size: (size[0] // 4, size[1] // 4, 4)
+    layout = [(size, n, {"latent": latent(size)}) for size, n in buckets.items()]
+    fields = {"latent": (None, "float32"), "context": (CONTEXT, "float32"), "pooled": (POOLED, "float32")}
+    num = sum(buckets.values())
+    manifest = make_manifest("synthetic", num, shard_size, fields, {}, {}, layout)
+    sizes = [size for size, n in buckets.items() for _ in range(n)]
+
+    def produce(start, stop):
+        for i in range(start, stop):
+            arrays = {"latent": np.full(latent(sizes[i]), float(i)), "context": np.full(CONTEXT, i + 0.5)}
+            yield {"prompt": f"prompt {i}", "bucket": list(sizes[i]), "pooled": np.full(POOLED, -float(i))} | arrays
+
+    write_shards(out, manifest, produce)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bucketed(tmp_path_factory) -> Path:
+    return write_bucketed(tmp_path_factory.mktemp("data") / "buckets")
+
+
 def mesh(n: int = 1):
     return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n])
 
@@ -194,13 +220,19 @@ assert batches[0].shape == (4, 2, 2, 4) and not batches[0].is_fully_addressable
 rows = [[float(s.data[r, 0, 0, 0]) for s in b.addressable_shards for r in range(s.data.shape[0])] for b in batches]
 starts = sorted({{s.index[0].start for b in batches for s in b.addressable_shards}})
 print("ROWS", jax.process_index(), starts, rows)
+with Loader({bucketed!r}, 4, mesh, seed=2, fields=("latent",)) as loader:
+    batches = [next(loader)["latent"] for _ in range(6)]
+shapes = [list(b.shape[1:3]) for b in batches]
+rows = [[float(s.data[r, 0, 0, 0]) for s in b.addressable_shards for r in range(s.data.shape[0])] for b in batches]
+print("BUCKETS", jax.process_index(), str(shapes).replace(" ", ""), rows)
 """
 
 
-def test_two_processes_each_read_their_slice(data):
+def test_two_processes_each_read_their_slice(data, bucketed):
     """Two jax.distributed CPU processes, one device each: process p holds rows [2p, 2p + 2) of every global batch,
-    filled from records r with r mod 2 == p, and over an epoch each sees its records once."""
-    script = TWO_PROCESS_SCRIPT.format(port=free_port(), data=str(data))
+    filled from records r with r mod 2 == p, and over an epoch each sees its records once. With buckets, both draw
+    the same bucket at every step, each from its half of that bucket."""
+    script = TWO_PROCESS_SCRIPT.format(port=free_port(), data=str(data), bucketed=str(bucketed))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     procs = [
@@ -217,3 +249,52 @@ def test_two_processes_each_read_their_slice(data):
         assert int(index) == p and json.loads(starts) == [2 * p]
         seen = [int(v) for b in json.loads(rows) for v in b]
         assert all(i % 2 == p for i in seen) and sorted(seen) == list(range(p, 20, 2))
+    buckets = [line.split(" ", 3)[2:] for out in outs for line in out.splitlines() if line.startswith("BUCKETS")]
+    (shapes_0, rows_0), (shapes_1, rows_1) = [(json.loads(a), json.loads(b)) for a, b in buckets]
+    assert shapes_0 == shapes_1 and len({tuple(s) for s in shapes_0}) > 1
+    starts = {(2, 2): 0, (1, 3): 12, (3, 1): 20}  # each bucket's first record
+    for p, rows in enumerate((rows_0, rows_1)):
+        for shape, batch in zip(shapes_0, rows, strict=True):
+            assert all((int(i) - starts[tuple(shape)]) % 2 == p for i in batch)
+
+
+def bucket_steps(loader, n: int) -> list[tuple[tuple[int, int], list[int]]]:
+    """(latent height and width, record indices) of n batches."""
+    return [(tuple(b["latent"].shape[1:3]), indices(b)) for b in (next(loader) for _ in range(n))]
+
+
+def test_buckets_give_same_bucket_batches_by_count_in_a_seeded_order(bucketed):
+    ranges = {(2, 2): range(0, 12), (1, 3): range(12, 20), (3, 1): range(20, 25)}
+    assert read_manifest(bucketed)["version"] == 2
+    with Loader(bucketed, 4, mesh(), seed=5) as loader:
+        assert [spec["latent"][0] for spec in loader.element_specs] == [(2, 2, 4), (1, 3, 4), (3, 1, 4)]
+        assert loader.bucket_sizes == list(BUCKETS)
+        steps = bucket_steps(loader, 12)  # two blocks of 3 + 2 + 1 steps (counts 12, 8, 5 at batch 4)
+    for hw, ids in steps:  # each batch is one bucket, its rows that bucket's records, fields aligned
+        assert all(i in ranges[hw] for i in ids)
+    for block in (steps[:6], steps[6:]):
+        assert sorted(hw for hw, _ in block) == [(1, 3)] * 2 + [(2, 2)] * 3 + [(3, 1)]
+    assert [hw for hw, _ in steps[:6]] != [hw for hw, _ in steps[6:]]  # each block has its own order
+    with Loader(bucketed, 4, mesh(), seed=5) as again, Loader(bucketed, 4, mesh(), seed=6) as other:
+        assert bucket_steps(again, 12) == steps
+        assert bucket_steps(other, 12) != steps
+    with Loader(bucketed, 4, mesh(), seed=5, num_epochs=1) as loader:  # one epoch: no record twice
+        seen = [i for b in loader for i in indices(b)]
+    assert len(seen) == 24 and len(set(seen)) == 24
+    with Loader(bucketed, 4, mesh(), shuffle=False, num_epochs=1) as loader:  # in order, the last record left out
+        assert [i for b in loader for i in indices(b)] == list(range(24))
+
+
+def test_bucketed_resume_continues_the_same_sequence(bucketed):
+    with Loader(bucketed, 4, mesh(), seed=3) as loader:
+        bucket_steps(loader, 4)
+        state = loader.get_state()
+        want = bucket_steps(loader, 10)  # crosses blocks and the buckets' epochs
+    with Loader(bucketed, 4, mesh(), seed=3) as resumed:
+        resumed.set_state(state)
+        assert bucket_steps(resumed, 10) == want
+
+
+def test_a_bucket_smaller_than_a_batch_is_named(bucketed):
+    with pytest.raises(LaddError, match="bucket 12x4 of .* gives this process 5 records, fewer than its 8 rows"):
+        Loader(bucketed, 8, mesh())

@@ -19,6 +19,7 @@ from tokenizer_fixtures import write_tiny_sd3_folder
 
 from ladd_jax.cli import main
 from ladd_jax.data import iter_records, read_manifest
+from ladd_jax.data.buckets import assign_buckets
 from ladd_jax.data.encode_real import encode_real
 from ladd_jax.data.loader import Loader
 from ladd_jax.data.records import record_seeds
@@ -280,3 +281,45 @@ def test_encode_real(folder, pipe, tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"image": "images/9.png", "prompt": "a"}\n')
     with pytest.raises(LaddError, match="line 1: image .*9.png does not exist"):
         encode_real(folder, tmp_path / "broken.jsonl", tmp_path / "x")
+
+
+def test_multi_aspect_records_grouped_by_bucket(folder, prompts, pipe, tmp_path, capsys):
+    settings = {k: v for k, v in SETTINGS.items() if k not in ("height", "width")}
+    out = tmp_path / "buckets"
+    manifest = run_synth(
+        model=str(folder), prompts=str(prompts), out=str(out), pipeline=pipe, buckets="32x32,24x40", **settings
+    )
+    assigned = assign_buckets(5, 2, seed=5)  # [1, 1, 0, 1, 1]: prompt 2 at 32x32, the others at 24x40
+    assert manifest["version"] == 2 and manifest["fields"]["latent"]["shape"] is None
+    assert manifest["settings"]["buckets"] == [[32, 32], [24, 40]]
+    assert [(b["size"], b["start"], b["num_records"]) for b in manifest["buckets"]] == [
+        ([32, 32], 0, 1),
+        ([24, 40], 1, 4),
+    ]
+    assert manifest["buckets"][1]["shapes"]["latent"] == [6, 10, 16]
+    records = list(iter_records(out))  # grouped by bucket, prompt order within each
+    assert [r["index"] for r in records] == [2, 0, 1, 3, 4]
+    sizes = [(32, 32), (24, 40)]
+    for r in records:
+        h, w = sizes[assigned[r["index"]]]
+        assert r["bucket"] == [h, w] and r["latent"].shape == r["noise"].shape == (h // 4, w // 4, 16)
+        assert r["seed"] == record_seeds(5, [r["index"]])[0]
+    r = records[1]  # the seed and the sampler of a one-size job, at the bucket's size
+    call = dict(num_inference_steps=2, guidance_scale=4.0, height=24, width=40, max_sequence_length=16)
+    np.testing.assert_array_equal(r["latent"], pipe([r["prompt"]], seed=[r["seed"]], output_type="latent", **call)[0])
+    assert main(["records", str(out)]) == 0
+    assert "bucket 24x40: 4 records; noise [6, 10, 16], latent [6, 10, 16]" in capsys.readouterr().out
+
+
+def test_bad_bucket_settings(folder, prompts, tmp_path):
+    run = lambda **kw: run_synth(model=str(folder), prompts=str(prompts), out=str(tmp_path / "x"), **kw)
+    with pytest.raises(LaddError, match=r"\['30x32'\] have a side that is not a positive multiple of 8"):
+        run(buckets="32x32,30x32")
+    with pytest.raises(LaddError, match="either buckets .* or height/width"):
+        run(buckets="32x32", height=32)
+    with pytest.raises(LaddError, match="has no 'size' column; use .jsonl"):
+        run(buckets="32x32", bucket_column="size")
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "a cat", "size": "32x32"}\n{"prompt": "a dog", "size": "16x16"}\n')
+    with pytest.raises(LaddError, match="row 1: bucket '16x16' is not one of the job's buckets"):
+        run_synth(model=str(folder), prompts=str(jsonl), out=str(tmp_path / "x"), buckets="32x32", bucket_column="size")

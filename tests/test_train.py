@@ -23,6 +23,7 @@ from ladd_jax.train import sharding
 from ladd_jax.train.checkpoint import read_meta, restore_params
 from ladd_jax.train.export import student_config
 from ladd_jax.train.loop import train_and_evaluate
+from ladd_jax.train.runner import CompiledSteps
 from ladd_jax.train.writer import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,6 +169,7 @@ MESH_SCRIPT = textwrap.dedent(
     import jax
     from test_train import tiny_config
     from ladd_jax.train.loop import train_and_evaluate
+from ladd_jax.train.runner import CompiledSteps
     world = dict(teacher={teacher!r}, data={data!r})
     mesh = {{"mesh.data": {data_axis}, "mesh.fsdp": {fsdp}}}
     config = tiny_config(world, {method!r}, total_steps=2, batch_size=8, **mesh, **{overrides!r})
@@ -216,6 +218,7 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
     import jax
     from test_train import tiny_config
     from ladd_jax.train.loop import train_and_evaluate
+from ladd_jax.train.runner import CompiledSteps
     assert jax.process_count() == 2 and len(jax.devices()) == 2
     world = dict(teacher={teacher!r}, data={data!r})
     train_and_evaluate(tiny_config(world, total_steps=2), {workdir!r})
@@ -250,3 +253,67 @@ def test_two_processes_train_and_checkpoint_together(world, tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]  # process 0 logs
     params = saved_params(tmp_path, 2)  # the jointly written checkpoint restores
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_multi_aspect_run_compiles_once_per_bucket(bucket_world, tmp_path, capsys):
+    """Six steps over two buckets (two blocks of 64x64 twice and 48x80 once, in a seeded order): the step is lowered and
+    compiled once per bucket before the first step and never again; the sample grid has a labelled block per
+    bucket."""
+    import jax.monitoring
+    from PIL import Image
+
+    compiles = []
+
+    def listen(event: str, seconds: float, **kw) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":  # fired on persistent-cache hits too
+            compiles.append(kw["fun_name"])
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    config = tiny_config(bucket_world, total_steps=6, checkpoint_every=6, sample_every=6)
+    config.sample_prompts, config.teacher_sample_steps, config.sample_steps = config.sample_prompts[:1], 2, (1,)
+    original = Loader.__next__
+    shapes = []
+
+    def next_recording(self):
+        batch = original(self)
+        shapes.append(batch["latent"].shape[1:3])
+        return batch
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Loader, "__next__", next_recording)
+            train_and_evaluate(config, tmp_path)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert sorted(shapes[:3]) == sorted(shapes[3:]) == [(12, 20), (16, 16), (16, 16)]
+    assert compiles.count("jit(train_step)") == 2
+    out = capsys.readouterr().out
+    assert "compiled the LADD (latent 16x16x16) step" in out and "compiled the LADD (latent 12x20x16) step" in out
+    assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 7))
+    grid = np.asarray(Image.open(tmp_path / "samples" / "0000006.png"))
+    assert grid.shape == (12 + 64 + 12 + 48, 2 * 80, 3)  # label, 64x64 row (padded), label, 48x80 row
+
+
+def test_compiled_steps_pick_by_shape_and_never_compile_a_new_one(capsys):
+    class Compiled:  # stands in for a jax Compiled: records what it ran on
+        def __init__(self, spec):
+            self.hw = spec["latent"][0][:2]
+
+        def __call__(self, state, batch, key):
+            return self.hw, {}
+
+        def memory_analysis(self):
+            return None
+
+        def cost_analysis(self):
+            return {"flops": 1.0}
+
+    specs = [{"latent": ((h, w, 4), np.float32), "pooled": ((8,), np.float32)} for h, w in ((2, 2), (1, 3))]
+    made = []
+    steps = CompiledSteps("X", lambda spec: made.append(spec) or Compiled(spec), specs)
+    assert made == specs and "compiled the X (latent 1x3x4) step" in capsys.readouterr().out
+    batch = lambda h, w: {"latent": np.zeros((5, h, w, 4)), "pooled": np.zeros((5, 8))}
+    assert steps(None, batch(1, 3), None)[0] == (1, 3) and steps(None, batch(2, 2), None)[0] == (2, 2)
+    with pytest.raises(LaddError, match="matches none of the compiled steps"):
+        steps(None, batch(3, 1), None)
+    assert len(made) == 2

@@ -1,13 +1,19 @@
 """The training loader: grain over a data folder's shards, one global jax.Array batch per step.
 
-Per process: a slice of the records (record r when r mod K == k, where the process holds block k of the K row
-blocks of the global batch: k = jax.process_index(), K = jax.process_count() for meshes whose devices are ordered
-by process, as jax.make_mesh orders them; num_records // K records each, so that the processes' epochs end
-together) -> a seeded global shuffle of the slice, reshuffled every epoch -> repeat -> decoding in READ_THREADS
-threads -> batches of global_batch_size / K rows (the remainder of the last epoch dropped) -> optional worker
-processes (`worker_count`) -> a prefetch thread (`prefetch` batches). `next(loader)` turns the local batch into
-global arrays with `jax.make_array_from_process_local_data` on NamedSharding(mesh, P(batch_axes)) and casts them to
-float32 on the devices (bf16/fp16 records travel at their size).
+Per process and bucket (a one-size folder is one bucket; records.py): a slice of the bucket's records (the i-th
+record of the bucket when i mod K == k, where the process holds block k of the K row blocks of the global batch:
+k = jax.process_index(), K = jax.process_count() for meshes whose devices are ordered by process, as jax.make_mesh
+orders them; n_b // K records each, so that the processes' epochs end together) -> a seeded global shuffle of the
+slice, reshuffled every epoch -> repeated: the bucket's stream of rows. The schedule then says which bucket each
+step draws: in every block of T = sum_b floor(n_b / global_batch_size) steps, bucket b is drawn floor(n_b /
+global_batch_size) times (weighted by its count) in an order shuffled with (seed, block) (in bucket order without
+`shuffle`); the step takes the next
+global_batch_size / K rows of that bucket's stream. Every process computes the same schedule, so a step's batch is
+one bucket on every process. Then decoding in READ_THREADS threads -> batches -> optional worker processes
+(`worker_count`) -> a prefetch thread (`prefetch` batches). `next(loader)` turns the local batch into global arrays
+with `jax.make_array_from_process_local_data` on NamedSharding(mesh, P(batch_axes)) and casts them to float32 on
+the devices (bf16/fp16 records travel at their size). A batch's shapes say its bucket (the trainer compiles one
+step per bucket). With one bucket the sequence is that bucket's stream in order.
 
 Checkpointing: `loader.iterator` is the grain DatasetIterator. With orbax it is the item of
 `grain.checkpoint.CheckpointSave(loader.iterator)` / `grain.checkpoint.CheckpointRestore(loader.iterator)`
@@ -19,6 +25,8 @@ the same folder, seed, batch size, fields, mesh layout and process count.
 from __future__ import annotations
 
 import bisect
+import functools
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,14 +40,17 @@ from grain.experimental import ThreadPrefetchIterDataset
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ladd_jax.data.buckets import format_bucket
 from ladd_jax.data.records import (
     CORRUPT_ERRORS,
     TEXT_FIELDS,
+    bucket_at,
     check_record,
     check_shards,
     corrupt_record,
     decode_record,
     read_manifest,
+    record_buckets,
 )
 from ladd_jax.errors import LaddError
 
@@ -55,7 +66,8 @@ class RecordSource:
         manifest = read_manifest(data_dir)
         self.paths = check_shards(data_dir, manifest)
         self.starts = [shard["start"] for shard in manifest["shards"]]
-        self.fields = {name: manifest["fields"][name] for name in fields}
+        self.buckets = record_buckets(manifest)
+        self.fields = tuple(fields)
         self.skip_corrupt = skip_corrupt
         self.num_records = manifest["num_records"]
         self._source = grain.sources.ArrayRecordDataSource([str(p) for p in self.paths])
@@ -66,12 +78,55 @@ class RecordSource:
     def __getitem__(self, index: int) -> dict[str, np.ndarray] | None:
         try:
             record = decode_record(self._source[index])
-            check_record(record, self.fields)
+            fields = bucket_at(self.buckets, index).fields
+            check_record(record, {name: fields[name] for name in self.fields})
         except CORRUPT_ERRORS as e:
             k = bisect.bisect_right(self.starts, index) - 1
             corrupt_record(self.paths[k], index - self.starts[k], e, self.skip_corrupt)
             return None
         return {name: record[name] for name in self.fields}
+
+
+class BucketSchedule(grain.MapDataset):
+    """Row q of the loader's stream (step q // rows, row q % rows of this process's part of the batch) -> the
+    record from the stream of the bucket that step draws (see the module's docstring). `streams`: each bucket's
+    shuffled, repeated slice; `steps`: how often each bucket is drawn per block of sum(steps) steps; `seed` None
+    draws them in bucket order."""
+
+    def __init__(
+        self, streams: Sequence[grain.MapDataset], steps: Sequence[int], rows: int, seed: int | None, blocks: int | None
+    ):
+        super().__init__(list(streams))
+        self.steps, self.rows, self.seed = np.asarray(steps), rows, seed
+        self.block = int(self.steps.sum())
+        self.length = sys.maxsize if blocks is None else blocks * self.block * rows
+
+    def __len__(self) -> int:
+        return self.length
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (a few blocks, read by the decoding threads in turn)
+    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(bucket of each step of the block, how many batches that bucket gave before it, from the start)."""
+        order = np.repeat(np.arange(len(self.steps)), self.steps)
+        if self.seed is not None:
+            order = np.random.default_rng([self.seed, block]).permutation(order)
+        taken = np.empty_like(order)
+        for b, n in enumerate(self.steps):
+            taken[order == b] = block * n + np.arange(n)
+        return order, taken
+
+    def __getitem__(self, q):
+        if isinstance(q, slice):
+            return self.slice(q)
+        step, row = divmod(q, self.rows)
+        order, taken = self._block(step // self.block)
+        b = int(order[step % self.block])
+        stream, i = self.parents[b], int(taken[step % self.block]) * self.rows + row
+        record = stream[i]
+        while record is None:  # a corrupt record skipped (and logged): the bucket's next one keeps the batch whole
+            i += 1
+            record = stream[i]
+        return record
 
 
 def _process_rows(sharding: NamedSharding, global_batch: int) -> tuple[int, int]:
@@ -149,16 +204,21 @@ class Loader:
         start, local = _process_rows(self.sharding, global_batch_size)
         source = RecordSource(data_dir, fields, skip_corrupt)
         count = global_batch_size // local
-        # Every process gets as many records (the last len % count are left out), so epochs end together.
-        ds = grain.MapDataset.source(source)[start // local :: count][: len(source) // count]
-        if len(ds) < local:
-            raise LaddError(
-                f"{data_dir} gives this process {len(ds)} records, fewer than its {local} rows of a batch of "
-                f"{global_batch_size}; use a smaller batch or more data"
-            )
-        if shuffle:
-            ds = ds.shuffle(seed)
-        ds = ds.repeat(num_epochs)
+        streams = []
+        for bucket in source.buckets:
+            # Every process gets as many records of the bucket (the last n % count are left out), so epochs end
+            # together.
+            ds = grain.MapDataset.source(source)[bucket.start : bucket.start + bucket.num_records]
+            ds = ds[start // local :: count][: bucket.num_records // count]
+            if len(ds) < local:
+                name = f"bucket {format_bucket(bucket.size)} of {data_dir}" if bucket.size else str(data_dir)
+                raise LaddError(
+                    f"{name} gives this process {len(ds)} records, fewer than its {local} rows of a batch of "
+                    f"{global_batch_size}; use a smaller batch or more data"
+                )
+            streams.append((ds.shuffle(seed) if shuffle else ds).repeat())
+        steps = [bucket.num_records // global_batch_size for bucket in source.buckets]
+        ds = BucketSchedule(streams, steps, local, seed if shuffle else None, num_epochs)
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_BUFFER))
         it = it.batch(local, drop_remainder=True)
         if worker_count > 0:
@@ -167,7 +227,12 @@ class Loader:
         if prefetch > 0:
             it = ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
         self.iterator = iter(it)
-        self.element_spec = {f: (tuple(manifest["fields"][f]["shape"]), np.dtype(np.float32)) for f in fields}
+        # One spec per bucket (`element_spec`: the first's); `bucket_sizes`: their pixel sizes where known.
+        self.element_specs = [
+            {f: (tuple(bucket.fields[f]["shape"]), np.dtype(np.float32)) for f in fields} for bucket in source.buckets
+        ]
+        self.element_spec = self.element_specs[0]
+        self.bucket_sizes = [bucket.size for bucket in source.buckets]
         self.stored_dtypes = {f: manifest["fields"][f]["dtype"] for f in fields}
 
     def __iter__(self) -> Loader:
@@ -176,8 +241,8 @@ class Loader:
     def __next__(self) -> dict[str, jax.Array]:
         local = next(self.iterator)
         out = {}
-        for name, (shape, _) in self.element_spec.items():
-            x = jax.make_array_from_process_local_data(self.sharding, local[name], (self.global_batch_size, *shape))
+        for name, rows in local.items():
+            x = jax.make_array_from_process_local_data(self.sharding, rows, (self.global_batch_size, *rows.shape[1:]))
             out[name] = x if x.dtype == jnp.float32 else _to_float32(x)
         return out
 

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ladd_jax.data.loader import RecordSource
-from ladd_jax.data.records import iter_records, make_manifest, read_manifest, write_shards
+from ladd_jax.data.records import iter_records, make_manifest, read_manifest, record_buckets, write_shards
 from ladd_jax.errors import LaddError
 
 Scorer = Callable[[list[str], np.ndarray], np.ndarray]  # (prompts, latents [N, h, w, C]) -> scores [N]
@@ -72,6 +72,11 @@ def write_pairs(
     """Scores every sample of `samples_dir`, pairs each prompt's best and worst, writes the pair records to
     `out_dir`; returns the manifest (its settings hold the scores' summary)."""
     source_manifest = read_manifest(samples_dir)
+    if len(record_buckets(source_manifest)) > 1:
+        raise LaddError(
+            f"{samples_dir} holds samples of several sizes (multi-aspect buckets); pair records hold one size: make "
+            "the samples for DPO at one size"
+        )
     missing = [f for f in SOURCE_FIELDS if f not in source_manifest["fields"]]
     if missing:
         raise LaddError(

@@ -11,10 +11,17 @@ A record is a msgpack map: `prompt` (str), `index` (the item's position in the j
 little-endian C-order bytes]}. `decode_record` returns one flat dict with the arrays as (read-only) numpy arrays.
 Array fields: `noise` and `latent` [h, w, C] (NHWC), `context` [L, D] and `pooled` [P] (the text embeddings);
 the manifest lists which a folder holds, with their shapes and stored dtypes.
+
+Multi-aspect folders (version 2, `ladd-jax synth --buckets`) hold records of several image sizes, grouped by
+bucket: the manifest's `buckets` list each size (pixels), its range of records [start, start + num_records) and
+the shapes of the fields whose shape is per bucket (their `fields` entry has shape null); each record carries its
+`bucket` [height, width]. `record_buckets` reads both versions alike: a one-size folder is one bucket.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,6 +45,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = "ladd_jax.records"
 VERSION = 1
+BUCKETED_VERSION = 2  # per-bucket field shapes; written only by multi-aspect jobs, so one-size folders stay 1
 SOURCES = ("synthetic", "real")
 TEXT_FIELDS = ("context", "pooled")
 STORE_DTYPES = {
@@ -127,14 +135,19 @@ def make_manifest(
     source: str,
     num_records: int,
     shard_size: int,
-    fields: Mapping[str, tuple[Sequence[int], str]],
+    fields: Mapping[str, tuple[Sequence[int] | None, str]],
     settings: Mapping[str, Any],
     origin: Mapping[str, Any],
+    buckets: Sequence[tuple[Sequence[int], int, Mapping[str, Sequence[int]]]] = (),
 ) -> dict[str, Any]:
     """The manifest of a job: `fields` name -> (shape, stored dtype); `settings` everything that determines the
-    records (compared on resume); `origin` where the inputs were read from (not compared)."""
+    records (compared on resume); `origin` where the inputs were read from (not compared). A multi-aspect job
+    gives `buckets`: ((height, width), record count, {field: shape}) in record order, and shape None in `fields`
+    for the fields whose shape each bucket gives."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if buckets and sum(n for _, n, _ in buckets) != num_records:
+        raise ValueError(f"the buckets hold {sum(n for _, n, _ in buckets)} records, not {num_records}")
     num_shards = -(-num_records // shard_size)
     shards = []
     for k in range(num_shards):
@@ -142,17 +155,66 @@ def make_manifest(
         shards.append(
             {"file": shard_name(k, num_shards), "start": start, "num_records": min(shard_size, num_records - start)}
         )
-    return {
+    manifest = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": BUCKETED_VERSION if buckets else VERSION,
         "source": source,
         "num_records": num_records,
         "shard_size": shard_size,
         "shards": shards,
-        "fields": {name: {"shape": [int(d) for d in shape], "dtype": dtype} for name, (shape, dtype) in fields.items()},
+        "fields": {name: {"shape": _shape(shape), "dtype": dtype} for name, (shape, dtype) in fields.items()},
         "settings": dict(settings),
         PROVENANCE: dict(origin),
     }
+    if buckets:
+        starts = np.cumsum([0] + [n for _, n, _ in buckets]).tolist()
+        manifest["buckets"] = [
+            {
+                "size": _shape(size),
+                "start": start,
+                "num_records": n,
+                "shapes": {k: _shape(v) for k, v in shapes.items()},
+            }
+            for (size, n, shapes), start in zip(buckets, starts[:-1], strict=True)
+        ]
+    return manifest
+
+
+def _shape(shape: Sequence[int] | None) -> list[int] | None:
+    return None if shape is None else [int(d) for d in shape]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordBucket:
+    """The records [start, start + num_records) of a folder, all of one size, and their fields' shapes/dtypes."""
+
+    size: tuple[int, int] | None  # (height, width) in pixels; None where the folder does not say (encode-real)
+    start: int
+    num_records: int
+    fields: dict[str, dict[str, Any]]  # name -> {"shape": [...], "dtype": name}
+
+
+def record_buckets(manifest: Mapping[str, Any]) -> list[RecordBucket]:
+    """The folder's buckets in record order; a one-size folder (version 1) is one bucket of the settings' size."""
+    fields = manifest["fields"]
+    if "buckets" not in manifest:
+        settings = manifest["settings"]
+        size = (settings["height"], settings["width"]) if "height" in settings and "width" in settings else None
+        return [RecordBucket(size, 0, manifest["num_records"], dict(fields))]
+    return [
+        RecordBucket(
+            tuple(b["size"]),
+            b["start"],
+            b["num_records"],
+            {k: {"shape": b["shapes"].get(k, f["shape"]), "dtype": f["dtype"]} for k, f in fields.items()},
+        )
+        for b in manifest["buckets"]
+    ]
+
+
+def bucket_at(buckets: Sequence[RecordBucket], index: int) -> RecordBucket:
+    """The bucket holding record `index`."""
+    return buckets[bisect.bisect_right([b.start for b in buckets], index) - 1]
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
@@ -164,8 +226,11 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     )
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise LaddError(f"{path} is not a ladd_jax records manifest (format {FORMAT!r}); point at a synth output")
-    if manifest.get("version") != VERSION:
-        raise LaddError(f"{path} has version {manifest.get('version')}, this ladd_jax reads {VERSION}; re-run the job")
+    if manifest.get("version") not in (VERSION, BUCKETED_VERSION):
+        raise LaddError(
+            f"{path} has version {manifest.get('version')}, this ladd_jax reads {VERSION} and {BUCKETED_VERSION}; "
+            "re-run the job"
+        )
     missing = [k for k in ("source", "num_records", "shards", "fields", "settings") if k not in manifest]
     if missing:
         raise LaddError(f"{path} lacks {missing}; it is damaged: re-run the job into a new folder")
@@ -176,6 +241,9 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
         expected += shard["num_records"]
     if expected != manifest["num_records"]:
         raise LaddError(f"{path}: the shards hold {expected} records, num_records says {manifest['num_records']}")
+    buckets = manifest.get("buckets", [{"start": 0, "num_records": expected}])
+    if [b.get("start") for b in buckets] != np.cumsum([0] + [b.get("num_records", 0) for b in buckets])[:-1].tolist():
+        raise LaddError(f"{path}: its buckets do not tile the records in order; it is damaged: re-run the job")
     return manifest
 
 
@@ -237,13 +305,14 @@ def iter_records(data_dir: str | Path, skip_corrupt: bool = False) -> Iterator[d
     the manifest's array fields as numpy arrays in their stored dtype. A damaged record raises a LaddError naming
     the file and the record, or with `skip_corrupt` is logged and skipped."""
     manifest = read_manifest(data_dir)
+    buckets = record_buckets(manifest)
     for path, shard in zip(check_shards(data_dir, manifest), manifest["shards"], strict=True):
         reader = _open_shard(path, shard["num_records"])
         try:
             for r in range(shard["num_records"]):
                 try:
                     record = decode_record(reader.read([r])[0])
-                    check_record(record, manifest["fields"])
+                    check_record(record, bucket_at(buckets, shard["start"] + r).fields)
                 except CORRUPT_ERRORS as e:
                     corrupt_record(path, r, e, skip_corrupt)
                     continue
@@ -347,16 +416,19 @@ def write_shards(
             with atomic_path(out_dir / shard["file"], is_dir=False) as tmp:
                 writer = ArrayRecordWriter(str(tmp), SHARD_OPTIONS)
                 try:
-                    written += _write_shard(writer, manifest["fields"], produce, shard, bar)
+                    written += _write_shard(writer, record_buckets(manifest), produce, shard, bar)
                 finally:
                     writer.close()
     return written
 
 
-def _write_shard(writer: ArrayRecordWriter, fields: Mapping, produce: Callable, shard: Mapping, bar: tqdm) -> int:
+def _write_shard(
+    writer: ArrayRecordWriter, buckets: Sequence[RecordBucket], produce: Callable, shard: Mapping, bar: tqdm
+) -> int:
     start, n = shard["start"], shard["num_records"]
     count = 0
     for record in produce(start, start + n):
+        fields = bucket_at(buckets, start + count).fields
         record = {k: to_store_dtype(k, v, fields[k]["dtype"]) if k in fields else v for k, v in record.items()}
         check_record(record, fields)
         writer.write(encode_record(record))

@@ -10,6 +10,7 @@ import json
 
 from tqdm.auto import tqdm
 
+from ladd_jax.data.buckets import format_bucket
 from ladd_jax.data.loader import bench_loader
 from ladd_jax.data.records import iter_records, read_manifest
 
@@ -32,6 +33,9 @@ def _run_records(args: argparse.Namespace) -> None:
     total = manifest["num_records"]
     fields = ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in manifest["fields"].items())
     print(f"{args.data}: {manifest['source']}, {total} records in {len(manifest['shards'])} shards; {fields}")
+    for bucket in manifest.get("buckets", []):
+        shapes = ", ".join(f"{k} {v}" for k, v in bucket["shapes"].items())
+        print(f"  bucket {format_bucket(bucket['size'])}: {bucket['num_records']} records; {shapes}")
     good = sum(1 for _ in tqdm(iter_records(args.data, args.skip_corrupt), total=total, desc="check", unit="record"))
     if good < total:
         print(f"skipped {total - good} corrupt records of {total} (each named above)")

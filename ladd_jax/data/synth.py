@@ -8,8 +8,13 @@ record: prompt, index i, seed s, noise, latent (the final latent exactly as `out
 context and pooled (unless `text_embeddings=False`), and the sampler settings. The layout of the shards, the
 manifest and resuming are records.py's.
 
+Multi-aspect jobs (`buckets`, data/buckets.py) give each prompt a bucket (a seeded draw, or a column of the prompts
+file) and sample it at that size; the records are written grouped by bucket, each with its `bucket` [h, w], and
+the manifest lists the buckets with their record ranges and latent shapes (records.py). Item i's seed and noise
+still come from (seed, i) alone.
+
 Every call runs `batch_size` prompts per local device, sharded over all local devices along "data"; the last
-batch of a shard is padded, so all calls have one shape and compile once.
+batch of a shard (or of a bucket within it) is padded, so all calls have one shape per bucket and compile once.
 
 Reproducibility: a record depends on its prompt, (seed, i), the settings, the weights and the per-device batch
 size, never on the number of devices, hosts or shards. XLA picks kernels by the shapes it runs: a device runs the
@@ -32,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ladd_jax.data.buckets import Bucket, assign_buckets, buckets_from_column, resolve_buckets
 from ladd_jax.data.records import (
     STORE_DTYPES,
     check_output_folder,
@@ -68,6 +74,10 @@ class SynthConfig:
     dtype: str = "float32"  # compute dtype of the teacher and text encoders
     prompt_column: str = "prompt"  # the .jsonl field / .parquet column
     num_prompts: int | None = None  # only the first N prompts
+    # Multi-aspect: "sd3" (SD3's aspect ratios at the model's size) or "HxW,HxW,..." in pixels; each prompt is
+    # sampled at its bucket's size (data/buckets.py). None: every prompt at height x width.
+    buckets: str | tuple | None = None
+    bucket_column: str | None = None  # .jsonl field / .parquet column of "HxW" buckets; None: a seeded draw
 
     def __post_init__(self):
         for name in ("num_steps", "batch_size", "shard_size"):
@@ -77,6 +87,10 @@ class SynthConfig:
             raise LaddError(f"num_prompts must be at least 1 (or unset for all), got {self.num_prompts}")
         if self.store_dtype not in STORE_DTYPES:
             raise LaddError(f"store_dtype must be one of {sorted(STORE_DTYPES)}, got {self.store_dtype!r}")
+        if self.buckets and (self.height or self.width):
+            raise LaddError("give either buckets (one size per prompt) or height/width (one size for all), not both")
+        if self.bucket_column and not self.buckets:
+            raise LaddError(f"bucket_column={self.bucket_column!r} needs the job's buckets; pass --buckets too")
 
 
 def make_config(config: SynthConfig | Mapping[str, Any] | None = None, **overrides: Any) -> SynthConfig:
@@ -181,30 +195,40 @@ def pipeline_fingerprint(folder: str | Path, components: Sequence[str]) -> str:
     return folder_fingerprint(folder, ["model_index.json", *present])
 
 
-def _sampler(pipe: Any, config: SynthConfig, prompts: list[str], size: tuple[int, int], settings: dict) -> Callable:
-    """produce(start, stop) for write_shards: the records of prompts [start, stop)."""
+def _sampler(
+    pipe: Any, config: SynthConfig, prompts: list[str], layout: list[tuple[Bucket, list[int]]], settings: dict
+) -> Callable:
+    """produce(start, stop) for write_shards: the records [start, stop); `layout` lists each bucket's size and its
+    prompts in record order (one bucket of all prompts for a one-size job)."""
     import jax  # the CLI builds its parser from this module without loading jax
 
     per_call = config.batch_size * pipe.mesh.devices.size
     guided = config.cfg > 1.0
+    bucketed = config.buckets is not None
+    starts = np.cumsum([0] + [len(items) for _, items in layout]).tolist()
 
     def produce(start: int, stop: int) -> Iterator[dict[str, Any]]:
-        for lo in range(start, stop, per_call):
-            items = list(range(lo, min(lo + per_call, stop)))
-            padded = items + [items[-1]] * (per_call - len(items))  # one shape for every call
-            seeds = record_seeds(config.seed, padded)
-            noise = pipe.initial_latents(per_call, *size, seed=seeds.tolist())
-            embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
-                [prompts[i] for i in padded], config.negative_prompt, config.max_sequence_length, guided
-            )
-            latent = pipe.denoise(noise, embeds, pooled, neg_embeds, neg_pooled, config.num_steps, config.cfg)
-            arrays = {"noise": noise, "latent": latent}
-            if config.text_embeddings:
-                arrays |= {"context": embeds, "pooled": pooled}
-            arrays = jax.device_get(arrays)
-            for j, i in enumerate(items):
-                record = {"prompt": prompts[i], "index": i, "seed": int(seeds[j]), "settings": settings}
-                yield record | {name: np.asarray(a[j]) for name, a in arrays.items()}
+        for (size, bucket_items), first in zip(layout, starts[:-1], strict=True):  # a call samples one size
+            segment = bucket_items[max(start - first, 0) : max(stop - first, 0)]
+            for lo in range(0, len(segment), per_call):
+                yield from sample(segment[lo : lo + per_call], size)
+
+    def sample(items: list[int], size: Bucket) -> Iterator[dict[str, Any]]:
+        padded = items + [items[-1]] * (per_call - len(items))  # one shape for every call
+        seeds = record_seeds(config.seed, padded)
+        noise = pipe.initial_latents(per_call, *size, seed=seeds.tolist())
+        embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
+            [prompts[i] for i in padded], config.negative_prompt, config.max_sequence_length, guided
+        )
+        latent = pipe.denoise(noise, embeds, pooled, neg_embeds, neg_pooled, config.num_steps, config.cfg)
+        arrays = {"noise": noise, "latent": latent}
+        if config.text_embeddings:
+            arrays |= {"context": embeds, "pooled": pooled}
+        arrays = jax.device_get(arrays)
+        for j, i in enumerate(items):
+            record = {"prompt": prompts[i], "index": i, "seed": int(seeds[j]), "settings": settings}
+            record |= {"bucket": list(size)} if bucketed else {}
+            yield record | {name: np.asarray(a[j]) for name, a in arrays.items()}
 
     return produce
 
@@ -229,27 +253,36 @@ def run_synth(
     """Runs (or resumes) a synth job; returns its manifest. `config`: a SynthConfig, dict or ConfigDict of
     SynthConfig's fields, `overrides` on top: `run_synth(model=..., prompts=..., out=..., num_steps=4)`.
     `pipeline`: the teacher as an SD3Pipeline already loaded from `model` (saves loading it again)."""
-    from ladd_jax.pipeline import check_size, size_rules
+    from ladd_jax.pipeline import size_rules
 
     config = make_config(config, **overrides)
     prompts = read_prompts(config.prompts, config.prompt_column)[: config.num_prompts]
     multiple, default = size_rules(config.model)  # fail before minutes of loading
-    height, width = config.height or default, config.width or default
-    check_size(height, width, multiple)
+    sizes, assigned = _bucket_prompts(config, len(prompts), multiple, default)
     check_output_folder(config.out)
     pipe = loaded_pipeline(config.model, config.dtype, pipeline)
     factor, t = pipe.vae_scale_factor, pipe.transformer_config
-    latent_shape = (height // factor, width // factor, t.in_channels)
+    latent = lambda size: (size[0] // factor, size[1] // factor, t.in_channels)
+    # Records grouped by bucket (prompt order within each), so that a bucket is a range of records; empty
+    # buckets are left out.
+    layout = [(size, np.flatnonzero(assigned == k).tolist()) for k, size in enumerate(sizes)]
+    layout = [(size, items) for size, items in layout if items]
+    if config.buckets is None:
+        size_settings = {"height": sizes[0][0], "width": sizes[0][1]}
+        shape, buckets = latent(sizes[0]), ()
+    else:
+        size_settings = {"buckets": [list(size) for size in sizes]}
+        shapes = lambda size: dict.fromkeys(("noise", "latent"), latent(size))
+        shape, buckets = None, [(size, len(items), shapes(size)) for size, items in layout]
     sampler = {
         "num_steps": config.num_steps,
         "cfg": config.cfg,
         "shift": pipe.shift,
-        "height": height,
-        "width": width,
+        **size_settings,
         "max_sequence_length": config.max_sequence_length,
         "negative_prompt": config.negative_prompt,
     }
-    fields = {"noise": (latent_shape, config.store_dtype), "latent": (latent_shape, config.store_dtype)}
+    fields = {"noise": (shape, config.store_dtype), "latent": (shape, config.store_dtype)}
     if config.text_embeddings:
         fields["context"] = (
             (pipe.clip_max_length + config.max_sequence_length, t.joint_attention_dim),
@@ -264,10 +297,31 @@ def run_synth(
         "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
         "model_fingerprint": pipeline_fingerprint(config.model, ("transformer", "scheduler", *TEXT_COMPONENTS)),
     }
+    if config.buckets is not None:  # the assignment decides the layout (a one-size job's settings stay as they were)
+        settings["buckets_sha256"] = hashlib.sha256(assigned.astype(np.int64).tobytes()).hexdigest()
     origin = {"model": str(config.model), "prompts": str(config.prompts)}
-    manifest = make_manifest("synthetic", len(prompts), config.shard_size, fields, settings, origin)
-    write_shards(config.out, manifest, _sampler(pipe, config, prompts, (height, width), sampler), desc="synth")
+    manifest = make_manifest("synthetic", len(prompts), config.shard_size, fields, settings, origin, buckets)
+    write_shards(config.out, manifest, _sampler(pipe, config, prompts, layout, sampler), desc="synth")
     return manifest
+
+
+def _bucket_prompts(config: SynthConfig, num: int, multiple: int, default: int) -> tuple[list[Bucket], np.ndarray]:
+    """(the job's sizes, each prompt's index into them): height x width for all, or the buckets."""
+    from ladd_jax.pipeline import check_size
+
+    if config.buckets is None:
+        size = (config.height or default, config.width or default)
+        check_size(*size, multiple)
+        return [size], np.zeros(num, np.int64)
+    buckets = resolve_buckets(config.buckets, default, multiple)
+    if not config.bucket_column:
+        return list(buckets), assign_buckets(num, len(buckets), config.seed)
+    if Path(config.prompts).suffix == ".txt":
+        raise LaddError(
+            f"{config.prompts} is a .txt file, which has no {config.bucket_column!r} column; use .jsonl or .parquet"
+        )
+    values = read_prompts(config.prompts, config.bucket_column)[:num]
+    return list(buckets), buckets_from_column(values, buckets, str(config.prompts))
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -303,6 +357,10 @@ def add_synth_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype (default float32)")
     p.add_argument("--prompt-column", dest="prompt_column", help='.jsonl field / .parquet column (default "prompt")')
     p.add_argument("--num-prompts", dest="num_prompts", type=int, help="only the first N prompts")
+    p.add_argument(
+        "--buckets", help="multi-aspect: \"sd3\" (SD3's aspect ratios at the model's size) or HxW,HxW,... pixels"
+    )
+    p.add_argument("--bucket-column", dest="bucket_column", help='.jsonl field / .parquet column of "HxW" buckets')
     p.set_defaults(fn=_run_cli)
 
 

@@ -14,12 +14,18 @@ From the shipped toy checkpoints (`ladd_jax/toy/assets/`: a pretrained toy SD3 t
      `evaluate_students`, what `ladd-jax evaluate` runs for any exported students,
   5. writes report.md, report.html, metrics.json (with the targets and whether each holds), labelled grids and
      the training curves.
+
+`--multi-aspect` synthesises each prompt at one of the toy world's buckets (64x64, 48x80, 80x48; data/buckets.py)
+and distils on all three (the trainer compiles its step once per bucket), and adds the trainer's grid of the
+teacher beside the student in every bucket. The measurements stay at 64x64: the evaluator reads only 64x64 images
+(it flattens its last feature map), and the teacher was pretrained at 64x64 alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +61,7 @@ class DemoConfig(EvalConfig):
     control: bool = True  # also run the frozen-random-heads control
     curve_prompts: int = 128  # held-out test prompts for the FD/alignment curves during training
     eval_every: int = 25  # LADD steps between two points of those curves
+    multi_aspect: bool = False  # synthesise and distil at the toy world's three buckets (evaluation at 64x64)
 
 
 QUICK = dict(EVAL_QUICK, synth_prompts=64, ladd_steps=12, curve_prompts=32, eval_every=6)
@@ -79,11 +86,12 @@ def distil(ladd: Any, workdir: Path, student_dir: Path, probe: Callable[[Any], d
 
 
 def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Callable[[str], None] = print) -> dict:
+    from ladd_jax.data.buckets import TOY_BUCKETS, format_bucket
     from ladd_jax.data.synth import run_synth
     from ladd_jax.pipeline import SD3Pipeline
     from ladd_jax.toy.components import read_toy_world
     from ladd_jax.toy.evaluator import load_evaluator, render_scenes
-    from ladd_jax.toy.report import check_targets, demo_report, save_grids, training_curves
+    from ladd_jax.toy.report import Figure, check_targets, demo_report, save_grids, training_curves
     from ladd_jax.toy.world import sample_scenes, write_prompts
 
     start = time.perf_counter()
@@ -97,7 +105,9 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
 
     progress("1/5 synthetic latents from the teacher")
     prompts_file = write_prompts(world, "train", config.synth_prompts, config.seed, out / "prompts.txt", overwrite=True)
+    buckets = ",".join(format_bucket(b) for b in TOY_BUCKETS) if config.multi_aspect else None
     run_synth(
+        buckets=buckets,
         model=str(config.teacher),
         prompts=str(prompts_file),
         out=str(out / "synth"),
@@ -120,13 +130,15 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
 
     ladd.teacher, ladd.data, ladd.seed = str(config.teacher), str(out / "synth"), config.seed
     ladd.total_steps, ladd.checkpoint_every, ladd.eval_every = config.ladd_steps, config.ladd_steps, config.eval_every
+    if config.multi_aspect:  # the trainer's grid at the end: a block per bucket, teacher beside the student
+        ladd.sample_every, ladd.sample_prompts = config.ladd_steps, tuple(prompts_file.read_text().splitlines()[:2])
     progress("2/5 LADD distillation")
     runs = {"LADD": out / "train"}
     students = {"student": distil(ladd, runs["LADD"], out / "student", probe)}
     if config.control:
         progress("3/5 the control: the same run with the heads frozen at a random initialisation")
         control = ladd.copy_and_resolve_references()
-        control.disc.train, control.disc.output_init = False, "normal"
+        control.disc.train, control.disc.output_init, control.sample_every = False, "normal", 0
         runs["control (frozen random heads)"] = out / "control_train"
         students["control"] = distil(control, runs["control (frozen random heads)"], out / "control", probe)
 
@@ -156,8 +168,15 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         targets=check_targets(table, real),
         config={k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()},
     )
+    figures = save_grids(grids, out)
+    if config.multi_aspect:
+        caption = f"every bucket after {config.ladd_steps} steps: the teacher ({ladd.teacher_sample_steps} steps, CFG"
+        caption += f" {ladd.teacher_cfg:g}) beside the student at {', '.join(map(str, ladd.sample_steps))} steps"
+        caption += " (distilled on all three buckets; the tables measure 64x64 only, the evaluator's size)"
+        path = shutil.copy(runs["LADD"] / "samples" / f"{config.ladd_steps:07d}.png", out / "grid_buckets.png")
+        figures.append(Figure(caption, Path(path)))
     result["seconds"] = time.perf_counter() - start
-    demo_report(out, result, save_grids(grids, out), out / "curves.png")
+    demo_report(out, result, figures, out / "curves.png")
     return result
 
 
@@ -168,6 +187,9 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ladd-steps", type=int, default=None, help="LADD iterations (default 300; quick 12)")
     p.add_argument("--no-control", action="store_true", help="skip the frozen-heads control run")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--multi-aspect", action="store_true", help="synthesise and distil at 64x64, 48x80 and 80x48 (evaluated at 64)"
+    )
     p.set_defaults(fn=_run_cli)
 
 
@@ -175,7 +197,8 @@ def _run_cli(args: argparse.Namespace) -> None:
     overrides = dict(QUICK) if args.quick else {}
     if args.ladd_steps is not None:
         overrides["ladd_steps"] = args.ladd_steps
-    result = run_demo(args.out, DemoConfig(seed=args.seed, control=not args.no_control, **overrides))
+    config = DemoConfig(seed=args.seed, control=not args.no_control, multi_aspect=args.multi_aspect, **overrides)
+    result = run_demo(args.out, config)
     print_rows(result["rows"], result["real_renders"])
     missed = [t for t in result["targets"] if not t["holds"]]
     print(f"targets: {len(result['targets']) - len(missed)} of {len(result['targets'])} hold")

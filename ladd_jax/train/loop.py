@@ -2,8 +2,9 @@
 read top to bottom.
 
 Set up (mesh, teacher, data, student, heads, state shardings), resume from the workdir if a checkpoint is there,
-compile the step ahead of time (printing per-device memory), then `runner.run_steps`: batch -> step -> metrics;
-log, check for NaN/Inf, checkpoint, draw sample grids; SIGTERM saves and stops (preemption).
+compile the step ahead of time once per bucket of the data (printing per-device memory), then `runner.run_steps`:
+batch -> step -> metrics; log, check for NaN/Inf, checkpoint, draw sample grids; SIGTERM saves and stops
+(preemption).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from ladd_jax.models.discriminator import init_discriminator
 from ladd_jax.models.lora import init_lora
 from ladd_jax.train import methods, sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
-from ladd_jax.train.runner import report_compiled, resume_or_init, run_steps
+from ladd_jax.train.runner import CompiledSteps, resume_or_init, run_steps
 from ladd_jax.train.state import Models, init_state, make_models
 from ladd_jax.train.steps import BATCH_FIELDS, jit_train_step
 from ladd_jax.train.student import init_student, lora_spec, student_layers, subset_config
@@ -48,7 +48,6 @@ class Setup:
     frozen_sharding: Any
     abstract_state: Any  # ShapeDtypeStructs carrying the state's shardings
     batch_sharding: Any
-    latent_hw: tuple[int, int]
 
 
 def architecture(models: Models) -> dict:
@@ -71,7 +70,7 @@ def require_folder(config: ml_collections.ConfigDict, key: str, what: str) -> Pa
     return Path(value)
 
 
-def _check_data(spec: dict, teacher: Any, batch_size: int, multiple: int) -> tuple[int, int]:
+def _check_data(spec: dict, teacher: Any, batch_size: int, multiple: int) -> None:
     (h, w, c), (_, width), (pooled,) = (spec[f][0] for f in BATCH_FIELDS)
     if "noise" in spec and tuple(spec["noise"][0]) != (h, w, c):
         raise LaddError(f"the data's noise is {spec['noise'][0]}, its latents {(h, w, c)}: the records are broken")
@@ -87,7 +86,6 @@ def _check_data(spec: dict, teacher: Any, batch_size: int, multiple: int) -> tup
         )
     if batch_size % multiple:
         raise LaddError(f"batch_size={batch_size} must be a multiple of {multiple}, the devices splitting the batch")
-    return h, w
 
 
 def build(
@@ -102,7 +100,7 @@ def build(
     teacher_cfg, teacher_host = teacher or load_mmdit(teacher_folder)
     is_abstract = isinstance(jax.tree.leaves(teacher_host)[0], jax.ShapeDtypeStruct)
     networks = methods.frozen_networks(config, teacher_folder, (teacher_cfg, teacher_host), spec)
-    h, w = _check_data(spec, teacher_cfg, config.batch_size, sharding.batch_size_multiple(mesh))
+    _check_data(spec, teacher_cfg, config.batch_size, sharding.batch_size_multiple(mesh))
     key = jax.random.key(config.seed)
     make_student = lambda p: init_student(
         teacher_cfg, p, config.student.layers, config.student.init, jax.random.fold_in(key, 1)
@@ -147,7 +145,6 @@ def build(
         frozen_sharding=frozen_sharding,
         abstract_state=abstract_with_shardings(state, sharding.state_shardings(models, state, mesh)),
         batch_sharding={f: sharding.batch_sharding(mesh, len(spec[f][0]) + 1) for f in methods.batch_fields(config)},
-        latent_hw=(h, w),
     )
     return setup, student_host, disc_host
 
@@ -206,20 +203,20 @@ def train_and_evaluate(
     init = lambda: jax.jit(functools.partial(init_state, models), out_shardings=state_sharding)(student_host, disc_host)
     state = resume_or_init(checkpoints, config.restore_step, setup.abstract_state, init, loader, meta)
 
-    start = time.perf_counter()
-    compiled = compile_step(setup, loader.element_spec)
+    for spec in loader.element_specs[1:]:  # multi-aspect data: build checked the first bucket
+        _check_data(spec, models.teacher.config, config.batch_size, sharding.batch_size_multiple(mesh))
     name = methods.method(config).upper()
-    report_compiled(name, compiled, time.perf_counter() - start)
+    steps = CompiledSteps(name, functools.partial(compile_step, setup), loader.element_specs)
     ema_params = lambda state: models.student_params(state.ema, setup.frozen)
     samples = None
     if config.sample_every and jax.process_index() == 0:
-        grids = _sample_grids(config, setup)
+        grids = _sample_grids(config, setup, [spec["latent"][0][:2] for spec in loader.element_specs])
         samples = lambda state, path: grids.save(ema_params(state), path)
     return run_steps(
         name,
         config,
         workdir,
-        compiled,
+        steps,
         state,
         (setup.frozen,),
         loader,
@@ -231,7 +228,7 @@ def train_and_evaluate(
     )[1]
 
 
-def _sample_grids(config: ml_collections.ConfigDict, setup: Setup) -> Any:
+def _sample_grids(config: ml_collections.ConfigDict, setup: Setup, latent_sizes: list[tuple[int, int]]) -> Any:
     from ladd_jax.train.samples import SampleGrids
 
     teacher = setup.models.teacher
@@ -240,7 +237,7 @@ def _sample_grids(config: ml_collections.ConfigDict, setup: Setup) -> Any:
         (teacher.config, setup.frozen["teacher"]),
         setup.models.student,
         config.sample_prompts,
-        setup.latent_hw,
+        latent_sizes,
         config.sample_steps,
         config.teacher_sample_steps,
         config.teacher_cfg,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from ladd_jax.train import sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from ladd_jax.train.dpo import PAIR_FIELDS, make_dpo_step
 from ladd_jax.train.loop import make_loader, require_folder
-from ladd_jax.train.runner import report_compiled, resume_or_init, run_steps
+from ladd_jax.train.runner import CompiledSteps, resume_or_init, run_steps
 from ladd_jax.train.state import compute_fields, optimizer
 from ladd_jax.train.steps import BATCH_FIELDS as FIELDS
 from ladd_jax.train.student import lora_spec
@@ -168,13 +167,15 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )
-    start = time.perf_counter()
-    shape = lambda f: (config.batch_size, *loader.element_spec[f][0])
-    batch = {f: jax.ShapeDtypeStruct(shape(f), jnp.float32, sharding=batch_sharding[f]) for f in fields}
     abstract_frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), frozen)
     key = jax.eval_shape(lambda: jax.random.key(0))
-    compiled = step.lower(abstract_state, abstract_frozen, batch, key).compile()
-    report_compiled(objective, compiled, time.perf_counter() - start)
+
+    def compile_for(spec: dict) -> Any:
+        shape = lambda f: (config.batch_size, *spec[f][0])
+        batch = {f: jax.ShapeDtypeStruct(shape(f), jnp.float32, sharding=batch_sharding[f]) for f in fields}
+        return step.lower(abstract_state, abstract_frozen, batch, key).compile()
+
+    steps = CompiledSteps(objective, compile_for, loader.element_specs)
 
     def samples(state: PretrainState, path: Path) -> Any:
         from PIL import Image
@@ -199,7 +200,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         objective,
         config,
         workdir,
-        compiled,
+        steps,
         state,
         (frozen,),
         loader,

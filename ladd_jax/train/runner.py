@@ -9,7 +9,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,37 @@ def report_compiled(name: str, compiled: Any, seconds: float) -> None:
     print(f"compiled the {name} step in {seconds:.1f} s; per device: {detail}")
 
 
+def batch_key(shapes: dict[str, tuple[int, ...]]) -> tuple:
+    """What tells one bucket's batches from another's: each field's per-example shape."""
+    return tuple(sorted((name, tuple(shape)) for name, shape in shapes.items()))
+
+
+class CompiledSteps:
+    """The step compiled ahead of time once per bucket of the data (a loader's `element_specs`), each printed with
+    its per-device memory before the first step: `steps(state, *constants, batch, key)` runs the one compiled for
+    the batch's shapes and never compiles again. `compile_for(spec)` lowers and compiles the step for one spec."""
+
+    def __init__(self, name: str, compile_for: Callable[[dict], Any], specs: Sequence[dict]):
+        self.compiled = {}
+        for spec in specs:
+            start = time.perf_counter()
+            compiled = compile_for(spec)
+            # With several buckets, each is named by its image-like (h, w, C) fields' shapes.
+            images = ", ".join(f"{f} {'x'.join(map(str, s))}" for f, (s, _) in spec.items() if len(s) == 3)
+            report_compiled(f"{name} ({images})" if len(specs) > 1 else name, compiled, time.perf_counter() - start)
+            self.compiled[batch_key({f: shape for f, (shape, _) in spec.items()})] = compiled
+        self.flops = {key: step_flops(compiled) for key, compiled in self.compiled.items()}
+
+    def key(self, batch: dict[str, jax.Array]) -> tuple:
+        key = batch_key({f: x.shape[1:] for f, x in batch.items()})
+        if key not in self.compiled:
+            raise LaddError(f"a batch of shapes {key} matches none of the compiled steps {list(self.compiled)}")
+        return key
+
+    def __call__(self, state: Any, *args: Any) -> tuple[Any, dict[str, jax.Array]]:
+        return self.compiled[self.key(args[-2])](state, *args)  # args: (*constants, batch, key)
+
+
 def _guard(metrics: dict[str, float], step: int, checkpoints: Checkpointer) -> None:
     """Stops on a non-finite metric before anything is saved, naming the last good checkpoint."""
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
@@ -114,7 +145,7 @@ def run_steps(
     name: str,
     config: ml_collections.ConfigDict,
     workdir: Path,
-    compiled: Any,
+    steps: CompiledSteps,
     state: Any,
     constants: tuple,
     loader: Loader,
@@ -124,24 +155,26 @@ def run_steps(
     samples: Callable[[Any, Path], Any] | None = None,
     evaluate: Callable[[Any], dict[str, float]] | None = None,
 ) -> tuple[Any, dict[str, float]]:
-    """Steps `state` to config.total_steps with `compiled(state, *constants, batch, key)`; returns the final state
+    """Steps `state` to config.total_steps with `steps(state, *constants, batch, key)`; returns the final state
     and the last logged metrics. `postfix`: progress-bar label -> metric; `samples(state, png_path) -> image` runs
     every sample_every steps; `evaluate(state) -> {name: value}` at the start and every eval_every steps, logged
     as "eval/name"."""
     start = time.perf_counter()
-    flops, peak = step_flops(compiled), peak_tflops(jax.devices()[0])
+    peak = peak_tflops(jax.devices()[0])
     writer = MetricWriter(workdir)
     key = jax.random.key(config.seed)
     preemption = Preemption()
     first = int(state.step)
-    pending, last, tick, since = None, {}, start, 0
+    pending, last, tick, since, flops = None, {}, start, 0, 0.0
     bar = tqdm(total=config.total_steps, initial=first, desc=name, unit="step", disable=jax.process_index() != 0)
     eval_every = config.eval_every if evaluate is not None else 0
     if eval_every and first == 0:
         writer.write_scalars(0, {f"eval/{k}": v for k, v in evaluate(state).items()})
     try:
         for step in range(first, config.total_steps):
-            state, metrics = compiled(state, *constants, next(loader), key)
+            batch = next(loader)
+            flops += steps.flops[steps.key(batch)] or 0.0  # buckets differ in cost
+            state, metrics = steps(state, *constants, batch, key)
             collection = clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in metrics})
             update = collection.single_from_model_output(**metrics)
             pending = update if pending is None else pending.merge(update)
@@ -155,10 +188,10 @@ def run_steps(
                 seconds = (time.perf_counter() - tick) / since
                 last.update(step_time_s=seconds, img_per_s=config.batch_size / seconds)
                 if flops and peak:
-                    last["mfu"] = flops / seconds / (peak * 1e12)
+                    last["mfu"] = flops / since / seconds / (peak * 1e12)
                 writer.write_scalars(done, last)
                 bar.set_postfix({label: f"{last[k]:.3f}" for label, k in postfix.items() if k in last})
-                pending, tick, since = None, time.perf_counter(), 0
+                pending, tick, since, flops = None, time.perf_counter(), 0, 0.0
             if save:
                 checkpoints.save(done, state, loader.get_state(), meta, force=True)
             if eval_every and (done % eval_every == 0 or is_last):
