@@ -10,13 +10,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from conftest import mmdit_inputs, rel_err, tiny_sd3_transformer, torch_mmdit_forward
+from conftest import TINY_MMDIT, mmdit_inputs, rel_err, tiny_sd3_transformer, torch_mmdit_forward
+from tokenizer_fixtures import randomize_
 
 from ladd_jax import cli
 from ladd_jax.convert import mmdit as conv
 from ladd_jax.convert.safetensors_io import SafetensorsFile, read_folder
 from ladd_jax.errors import LaddError
-from ladd_jax.models.mmdit import MMDiT
+from ladd_jax.models.mmdit import MMDiT, with_extra_inputs
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -40,6 +41,35 @@ def test_diffusers_flax_diffusers_round_trip(variant, tmp_path):
     back = SD3Transformer2DModel.from_pretrained(tmp_path / "back").eval()
     _assert_same_state(_state(model), _state(back))
     assert tuple(back.config.dual_attention_layers) == tuple(model.config.dual_attention_layers)
+
+
+def test_conditioned_model_converts_and_widening_keeps_the_base(tmp_path):
+    """An MMDiT with conditioning channels (in_channels > out_channels, as inpainting and editing models) converts
+    both ways and equals diffusers; a base widened with zero extra inputs is the base for any conditioning."""
+    from diffusers import SD3Transformer2DModel
+
+    model = SD3Transformer2DModel(**{**TINY_MMDIT, "in_channels": 9, "out_channels": 4}).eval()
+    randomize_(model, 0)
+    model.save_pretrained(tmp_path / "src")
+    config, params = conv.load_mmdit(tmp_path / "src")
+    assert (config.in_channels, config.out_channels) == (9, 4)
+    x, t, ctx, pooled = mmdit_inputs(config)
+    assert (
+        rel_err(
+            MMDiT(config).apply({"params": params}, x, t, ctx, pooled), torch_mmdit_forward(model, x, t, ctx, pooled)
+        )
+        < 1e-5
+    )
+    conv.save_mmdit(config, params, tmp_path / "back")
+    _assert_same_state(_state(model), _state(SD3Transformer2DModel.from_pretrained(tmp_path / "back").eval()))
+
+    base_config, base = conv.load_mmdit(tmp_path / "src")
+    wide_config, wide = with_extra_inputs(base_config, base, 5)
+    assert wide_config.in_channels == 14
+    cond = np.random.default_rng(1).standard_normal((*x.shape[:3], 5)).astype(np.float32)
+    out_base = MMDiT(base_config).apply({"params": base}, x, t, ctx, pooled)
+    out_wide = MMDiT(wide_config).apply({"params": wide}, np.concatenate([x, cond], -1), t, ctx, pooled)
+    np.testing.assert_array_equal(np.asarray(out_wide), np.asarray(out_base))
 
 
 def test_sd3_single_file_round_trip_through_diffusers_converter(variant, tmp_path):

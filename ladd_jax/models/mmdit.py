@@ -393,6 +393,18 @@ class MMDiT(nn.Module):
         return out, tuple(features[wanted.index(i)].reshape(b, h, w, dim) for i in feature_layers)
 
 
+def with_extra_inputs(config: MMDiTConfig, params: dict, extra: int) -> tuple[MMDiTConfig, dict]:
+    """The model made to take `extra` more input channels (conditioning latents concatenated to x on the channel
+    axis, as inpainting and editing models take them), their patch-embedding weights zero: its output equals the
+    original's whatever the extra channels hold, the usual start for fine-tuning a conditioned model from a base."""
+    if extra < 1:
+        raise LaddError(f"extra input channels must be at least 1, got {extra}")
+    kernel = params["patch_embed"]["kernel"]  # [p, p, in, D]
+    zeros = jnp.zeros((*kernel.shape[:2], extra, kernel.shape[3]), kernel.dtype)
+    widened = dict(params, patch_embed=dict(params["patch_embed"], kernel=jnp.concatenate([kernel, zeros], 2)))
+    return dataclasses.replace(config, in_channels=config.in_channels + extra), widened
+
+
 def init_params(config: MMDiTConfig, rng: jax.Array, latent_hw: tuple[int, int] | None = None) -> dict:
     """Randomly initialised params (fp32), e.g. for a student trained from scratch or for tests."""
     return MMDiT(config).init(rng, *example_inputs(config, latent_hw))["params"]
