@@ -1,7 +1,8 @@
 """Measures toy teacher folders (e.g. checkpoints of a `ladd-jax pretrain` run exported along the way) the way the
 demo does: full-step Euler samples with CFG on train- and test-split prompts, FD against real renders of each
-split, alignment and the evaluator's per-attribute accuracy (count, relation axis, shape, colour, size), plus the
-1-step sample. Writes OUT.json and OUT.png (the curves over training steps).
+split, alignment and the evaluator's per-attribute accuracy (count, relation axis, shape, colour, size), the toy
+judge's score (DPO's preference signal), plus the 1-step sample. Writes OUT.json and OUT.png (the curves over
+training steps).
 
     python launch/toy_teacher_eval.py --out runs/teacher_curve step0=ladd_jax/toy/assets/teacher 2000=runs/t2000 ...
 
@@ -14,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ladd_jax.toy.demo import DemoConfig, Measure, Sampler
 
 
@@ -21,6 +24,7 @@ def main() -> None:
     from ladd_jax.pipeline import SD3Pipeline
     from ladd_jax.toy.components import read_toy_world
     from ladd_jax.toy.evaluator import accuracy, load_evaluator, render_scenes, scene_labels
+    from ladd_jax.toy.judge import score as judge_score
     from ladd_jax.toy.world import sample_scenes
 
     ap = argparse.ArgumentParser()
@@ -50,6 +54,10 @@ def main() -> None:
             full = measure(images)
             truth = scene_labels(world, [s.canonical() for s in scenes])
             full["attributes"] = accuracy(evaluator.run(images)[1], truth)  # which attribute fails
+            # The toy judge's verdict too (DPO's preference signal; independent of the evaluator).
+            pixels = np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
+            judged = np.asarray([judge_score(world, im, p) for im, p in zip(pixels, prompts, strict=True)])
+            full["judge_score"], full["judge_all"] = float(judged.mean()), float(np.mean(judged == 1.0))
             one = measure(sampler.few_step(pipe.transformer_params, 1, demo.cfg))
             results[label][split] = dict(full=full, one_step=one, real=floor)
         print(json.dumps({label: results[label]}))
