@@ -169,7 +169,6 @@ MESH_SCRIPT = textwrap.dedent(
     import jax
     from test_train import tiny_config
     from ladd_jax.train.loop import train_and_evaluate
-from ladd_jax.train.runner import CompiledSteps
     world = dict(teacher={teacher!r}, data={data!r})
     mesh = {{"mesh.data": {data_axis}, "mesh.fsdp": {fsdp}}}
     config = tiny_config(world, {method!r}, total_steps=2, batch_size=8, **mesh, **{overrides!r})
@@ -218,7 +217,6 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
     import jax
     from test_train import tiny_config
     from ladd_jax.train.loop import train_and_evaluate
-from ladd_jax.train.runner import CompiledSteps
     assert jax.process_count() == 2 and len(jax.devices()) == 2
     world = dict(teacher={teacher!r}, data={data!r})
     train_and_evaluate(tiny_config(world, total_steps=2), {workdir!r})
