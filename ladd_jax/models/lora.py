@@ -13,7 +13,6 @@ Merging inside the jitted step costs one extra copy of the adapted kernels as ac
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -125,29 +124,3 @@ def merge(params: dict, lora: dict, scale: float, dtype: Any = None) -> dict:
 def unmerge(params: dict, lora: dict, scale: float) -> dict:
     """The inverse of `merge` (exact up to float rounding)."""
     return _add(params, lora, -scale)
-
-
-def targets_in(lora: dict) -> tuple[str, ...]:
-    """The block-relative target paths ("attn/to_q") of an adapter tree, in first-seen order."""
-    return tuple(dict.fromkeys(p.split("/", 1)[1] for p in lora_paths(lora)))
-
-
-def check_rank(lora: dict, rank: int, what: str) -> None:
-    bad = [p for p in lora_paths(lora) if module_at(lora, p)["lora_a"].shape[-1] != rank]
-    if bad:
-        raise LaddError(f"{what}: adapters {bad} are not of rank {rank}")
-
-
-def spec_of(lora: dict, alpha: float) -> LoraSpec:
-    """The spec an adapter tree was made with (its rank read off the shapes)."""
-    paths = lora_paths(lora)
-    if not paths:
-        raise LaddError("the adapter tree is empty")
-    rank = int(module_at(lora, paths[0])["lora_a"].shape[-1])
-    check_rank(lora, rank, "a LoRA with mixed ranks")
-    return LoraSpec(rank, alpha, targets_in(lora))
-
-
-def spec_from_names(rank: int, alpha: float | None, targets: Sequence[str]) -> LoraSpec:
-    """A spec whose alpha defaults to the rank (scale 1), as peft's does when none is given."""
-    return LoraSpec(int(rank), float(rank if alpha is None else alpha), tuple(targets))
