@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.method = "ladd"  # the trainer's other methods (ADD, LCM, Diffusion2GAN) have their own config files
     c.teacher = ""  # a diffusers-layout SD3 pipeline folder (transformer/, vae/, text encoders, ...)
     c.data = ""  # a `ladd-jax synth` (or `encode-real`) output folder
+    # A conditioned teacher (inpainting, editing: more input channels than latent ones): the data's "cond" latents
+    # go to student and teacher alike, concatenated to every input (not LCM's yet).
+    c.conditioned = False
     c.seed = 0
     c.total_steps = 10_000  # LADD: 10k iterations
     c.batch_size = v["batch_size"]  # global, over all processes (unconfirmed)

@@ -89,7 +89,7 @@ class PixelGame(Game):
         if self.config.distill_weight:
             t_d = self.draws["t_distill"]
             x_d = add_noise(jax.lax.stop_gradient(x0_hat), self.draws["eps_fake"], t_d)
-            v = self.models.teacher.apply({"params": self.teacher_params}, x_d, t_d, ctx, pooled)
+            v = self.models.teacher.apply({"params": self.teacher_params}, self.with_cond(x_d), t_d, ctx, pooled)
             weight = 1.0 - t_d if self.config.add.weighting == "exponential" else 1.0
             target = jax.lax.stop_gradient(self.decode(denoise(x_d, v, t_d)))
             aux["distill"] = distill_loss(self.decode(x0_hat), target, weight)

@@ -30,7 +30,7 @@ from ladd_jax.train import methods, sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from ladd_jax.train.runner import CompiledSteps, resume_or_init, run_steps
 from ladd_jax.train.state import Models, init_state, make_models
-from ladd_jax.train.steps import BATCH_FIELDS, jit_train_step
+from ladd_jax.train.steps import BATCH_FIELDS, COND_FIELD, jit_train_step
 from ladd_jax.train.student import init_student, lora_spec, student_layers, subset_config
 
 logger = logging.getLogger(__name__)
@@ -74,10 +74,14 @@ def _check_data(spec: dict, teacher: Any, batch_size: int, multiple: int) -> Non
     (h, w, c), (_, width), (pooled,) = (spec[f][0] for f in BATCH_FIELDS)
     if "noise" in spec and tuple(spec["noise"][0]) != (h, w, c):
         raise LaddError(f"the data's noise is {spec['noise'][0]}, its latents {(h, w, c)}: the records are broken")
-    if c != teacher.in_channels or h % teacher.patch_size or w % teacher.patch_size:
+    cond = spec[COND_FIELD][0] if COND_FIELD in spec else (h, w, 0)
+    if tuple(cond[:2]) != (h, w):
+        raise LaddError(f"the data's conditioning latents are {cond}, its latents {(h, w, c)}: the records are broken")
+    if c + cond[2] != teacher.in_channels or h % teacher.patch_size or w % teacher.patch_size:
         raise LaddError(
-            f"the data's latents are {h}x{w}x{c}; the teacher needs {teacher.in_channels} channels and sides divisible "
-            f"by {teacher.patch_size}: was the data made by this teacher's pipeline?"
+            f"the data's latents are {h}x{w}x{c} with {cond[2]} conditioning channels; the teacher takes "
+            f"{teacher.in_channels} input channels and sides divisible by {teacher.patch_size}: was the data made by "
+            "this teacher's pipeline (and is config.conditioned set as its records need)?"
         )
     if width != teacher.joint_attention_dim or pooled != teacher.pooled_projection_dim:
         raise LaddError(

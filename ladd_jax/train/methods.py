@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from ladd_jax.errors import LaddError
 from ladd_jax.train.state import Models
-from ladd_jax.train.steps import BATCH_FIELDS, StepFn, make_train_step
+from ladd_jax.train.steps import BATCH_FIELDS, COND_FIELD, StepFn, make_train_step
 
 METHODS = ("ladd", "add", "lcm", "d2g")
 
@@ -44,6 +44,8 @@ def method(config: ml_collections.ConfigDict) -> str:
         raise LaddError(f"config.method={name!r} is not a method; use one of {METHODS}")
     if name == "lcm" and config.adv_weight:
         raise LaddError("lcm has no discriminator: set adv_weight=0 (or train method d2g/ladd for an adversarial term)")
+    if name == "lcm" and config.get("conditioned"):
+        raise LaddError("lcm takes no conditioning latents yet; distil a conditioned teacher with ladd, add or d2g")
     return name
 
 
@@ -52,8 +54,10 @@ def uses_heads(config: ml_collections.ConfigDict) -> bool:
 
 
 def batch_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The record fields a step reads: regression also needs the noise each teacher latent came from."""
-    return BATCH_FIELDS + (("noise",) if method(config) == "d2g" else ())
+    """The record fields a step reads: regression also needs the noise each teacher latent came from, and a
+    conditioned model its conditioning latents."""
+    extra = (("noise",) if method(config) == "d2g" else ()) + ((COND_FIELD,) if config.get("conditioned") else ())
+    return BATCH_FIELDS + extra
 
 
 def _require(config: ml_collections.ConfigDict, key: str, what: str) -> Path:

@@ -39,7 +39,7 @@ class RegressionGame(Game):
         """x0_hat = z - student(z, 1): one step from the stored noise."""
         _, ctx, pooled = self.inputs
         z, t = self.batch["noise"], self.draws["t"]
-        return denoise(z, self.models.apply_student(student_params, self.frozen, z, t, ctx, pooled), t)
+        return denoise(z, self.models.apply_student(student_params, self.frozen, self.with_cond(z), t, ctx, pooled), t)
 
     def g_objective(self, disc_params: Any, x0_hat: jax.Array) -> Objective:
         r = self.config.regression

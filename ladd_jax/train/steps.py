@@ -45,6 +45,9 @@ from ladd_jax.train.state import Models, TrainState
 
 Batch = dict[str, jax.Array]
 BATCH_FIELDS = ("latent", "context", "pooled")
+# Conditioning latents of a conditioned model (inpainting: the masked image's latent and the mask; editing: the
+# source image's latent), concatenated to x on the channel axis of every model input (config.conditioned).
+COND_FIELD = "cond"
 Draws = dict[str, jax.Array]  # see `step_draws`
 Frozen = dict[str, Any]  # the frozen networks' params, by name ("teacher", ...)
 Features = dict[str, tuple[jax.Array, ...]]  # the D step's teacher features: real, fake (and misaligned)
@@ -125,17 +128,23 @@ class Game:
         """(x0, context, pooled)."""
         return tuple(self.batch[k] for k in BATCH_FIELDS)
 
+    def with_cond(self, x: jax.Array) -> jax.Array:
+        """A model input: x with the batch's conditioning latents on the channel axis (student and teacher alike,
+        so the heads read features of conditioned passes), or x itself when the data carry none."""
+        cond = self.batch.get(COND_FIELD)
+        return x if cond is None else jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
+
     def generate(self, student_params: Any) -> jax.Array:
         """x0_hat = x_t - t * student(x_t, t)."""
         x0, ctx, pooled = self.inputs
         t = self.draws["t"]
         x_t = add_noise(x0, self.draws["eps"], t)
-        v = self.models.apply_student(student_params, self.frozen, x_t, t, ctx, pooled)
+        v = self.models.apply_student(student_params, self.frozen, self.with_cond(x_t), t, ctx, pooled)
         return constrain_batch(denoise(x_t, v, t), self.mesh)
 
     def features(self, x0_like: jax.Array, eps: jax.Array, c: jax.Array, p: jax.Array) -> tuple[jax.Array, ...]:
         """The teacher's features of `x0_like` re-noised to t_hat (its params closed over: no gradient to them)."""
-        x = add_noise(x0_like, eps, self.draws["t_hat"])
+        x = self.with_cond(add_noise(x0_like, eps, self.draws["t_hat"]))
         _, feats = self.models.teacher.apply(
             {"params": self.teacher_params}, x, self.draws["t_hat"], c, p, feature_layers=self.models.feature_layers
         )
@@ -193,7 +202,7 @@ class Game:
         if self.config.distill_weight:  # ADD: match the teacher's denoised estimate of the re-noised sample
             t_d = self.draws["t_distill"]
             x_d = add_noise(jax.lax.stop_gradient(x0_hat), eps_fake, t_d)
-            v = self.models.teacher.apply({"params": self.teacher_params}, x_d, t_d, ctx, pooled)
+            v = self.models.teacher.apply({"params": self.teacher_params}, self.with_cond(x_d), t_d, ctx, pooled)
             aux["distill"] = distill_loss(x0_hat, denoise(x_d, v, t_d))
             loss = loss + self.config.distill_weight * aux["distill"]
         return loss, aux
