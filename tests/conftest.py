@@ -80,27 +80,25 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
+TINY_SYNTH = dict(num_steps=2, cfg=2.0, height=64, width=64, max_sequence_length=8, batch_size=8)
+
+
+def tiny_synth(teacher: Path, prompts: Path, out: Path, **overrides) -> dict:
+    """`run_synth` with the tiny teacher's settings (`TINY_SYNTH`, any of them overridden); returns the manifest."""
+    from ladd_jax.data.synth import run_synth
+
+    return run_synth(model=str(teacher), prompts=str(prompts), out=str(out), **{**TINY_SYNTH, **overrides})
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> dict[str, Path]:
     """A tiny random teacher folder and 16 synthetic records it generated (2 Euler steps, CFG 2), shared by the
     trainer tests of the session."""
-    from ladd_jax.data.synth import run_synth
-
     root = tmp_path_factory.mktemp("ladd")
     teacher = write_tiny_sd3_folder(root / "teacher")
     prompts = root / "prompts.txt"
     prompts.write_text("\n".join(f"a photo of thing {i}" for i in range(16)))
-    run_synth(
-        model=str(teacher),
-        prompts=str(prompts),
-        out=str(root / "data"),
-        num_steps=2,
-        cfg=2.0,
-        height=64,
-        width=64,
-        max_sequence_length=8,
-        batch_size=8,
-    )
+    tiny_synth(teacher, prompts, root / "data")
     return dict(teacher=teacher, data=root / "data")
 
 
@@ -111,19 +109,17 @@ def bucket_world(world, tmp_path_factory) -> dict[str, Path]:
     import json
 
     from ladd_jax.data.buckets import TOY_BUCKETS, format_bucket
-    from ladd_jax.data.synth import run_synth
 
     root = tmp_path_factory.mktemp("buckets")
     sizes = [TOY_BUCKETS[0]] * 8 + [TOY_BUCKETS[1]] * 4
     lines = [json.dumps({"prompt": f"a photo of thing {i}", "bucket": format_bucket(b)}) for i, b in enumerate(sizes)]
     (root / "prompts.jsonl").write_text("\n".join(lines))
-    run_synth(
-        model=str(world["teacher"]),
-        prompts=str(root / "prompts.jsonl"),
-        out=str(root / "data"),
-        num_steps=2,
-        cfg=2.0,
-        max_sequence_length=8,
+    tiny_synth(
+        world["teacher"],
+        root / "prompts.jsonl",
+        root / "data",
+        height=None,
+        width=None,
         batch_size=4,
         shard_size=5,
         buckets=",".join(format_bucket(b) for b in TOY_BUCKETS[:2]),

@@ -7,6 +7,7 @@ import math
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_synth
 from test_train import ROOT
 
 from ladd_jax.config_files import load_config_file
@@ -57,22 +58,10 @@ def test_judge_reads_renders_and_rejects_other_captions():
 @pytest.fixture(scope="module")
 def pairs(world, tmp_path_factory):
     """Pair records from 2 samples of each of 8 prompts by the tiny teacher, scored by a stand-in scorer."""
-    from ladd_jax.data.synth import run_synth
-
     root = tmp_path_factory.mktemp("dpo")
     prompts = root / "prompts.txt"
     prompts.write_text("".join(f"a photo of thing {i}\n" for i in range(8) for _ in range(2)))
-    run_synth(
-        model=str(world["teacher"]),
-        prompts=str(prompts),
-        out=str(root / "samples"),
-        num_steps=1,
-        cfg=1.0,
-        height=64,
-        width=64,
-        max_sequence_length=8,
-        batch_size=8,
-    )
+    tiny_synth(world["teacher"], prompts, root / "samples", num_steps=1, cfg=1.0)
     scorer = lambda prompts, latents: latents.mean(axis=(1, 2, 3))  # any deterministic preference will do
     manifest = write_pairs(root / "samples", root / "pairs", scorer, "mean latent", min_margin=0.0)
     return root / "pairs", manifest
