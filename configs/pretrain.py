@@ -25,8 +25,14 @@ _VARIANTS = {
     "toy-continue": dict(total_steps=3000, lr=1e-3, lr_warmup_steps=300, lr_decay="cosine", t_mean=0.0),
     "toy-shift": dict(total_steps=8000, lr=1e-3, lr_warmup_steps=200, lr_decay="cosine", t_mean=1.1),
     "toy-refine": dict(total_steps=12000, lr=5e-4, lr_warmup_steps=200, lr_decay="cosine", t_mean=1.1),
+    # The toy inpainting and editing teachers (launch/toy_conditioned.sh): the shipped teacher widened to take the
+    # conditioning latents (`ladd-jax widen`, zero weights: it starts as the text-to-image teacher), fine-tuned on
+    # renders with holes / on (source, instruction, edited) triples; the shipped teacher's refine-stage t.
+    "toy-inpaint": dict(total_steps=3000, lr=3e-4, lr_warmup_steps=100, lr_decay="cosine", t_mean=1.1),
+    "toy-edit": dict(total_steps=3000, lr=3e-4, lr_warmup_steps=100, lr_decay="cosine", t_mean=1.1),
     "tiny": dict(total_steps=4, lr=1e-3, lr_warmup_steps=1, lr_decay="constant", t_mean=0.0),
 }
+_CONDITIONED = ("toy-inpaint", "toy-edit")
 _COSINE_HORIZON = {"toy-continue": 10000}  # steps of the cosine where it differs from total_steps
 
 
@@ -40,6 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ""
     c.data = ""
     c.out = ""
+    # A conditioned model (inpainting, editing): the records' "cond" latents go beside the noisy latents, never
+    # dropped (text is: CFG guides on the prompt, the conditioning is in both branches).
+    c.conditioned = variant in _CONDITIONED
     c.seed = 0
     c.total_steps = v["total_steps"]
     c.batch_size = 4 if variant == "tiny" else 32
@@ -72,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 2
     c.restore_step = ml_collections.config_dict.placeholder(int)
-    c.sample_every = 2000
+    c.sample_every = 0 if c.conditioned else 2000  # the grid samples text alone (conditioned: toy/conditioned_eval)
     c.sample_prompts = ("a small red circle", "a large blue square above a small green triangle")
     c.sample_steps = 20
     c.sample_cfg = 3.0

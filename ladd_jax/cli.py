@@ -36,6 +36,13 @@ def _lora_merge(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {args.model} with the LoRA {args.lora} merged (weight {args.weight:g})")
 
 
+def _widen(args: argparse.Namespace) -> None:
+    from ladd_jax.export import widen_for_conditioning
+
+    out = widen_for_conditioning(args.model, args.cond, args.out, args.overwrite)
+    print(f"wrote {out}: {args.model} taking {args.cond} conditioning latents (zero weights: samples as before)")
+
+
 def _bench(args: argparse.Namespace) -> None:
     from ladd_jax import bench
 
@@ -53,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the source's dtype")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     p.set_defaults(fn=_convert)
+
+    p = sub.add_parser("widen", help="a text-to-image pipeline made an inpainting or editing model to fine-tune")
+    p.add_argument("--model", required=True, help="a diffusers SD3 pipeline folder (text to image)")
+    p.add_argument("--cond", choices=("inpaint", "edit"), required=True, help="the conditioning latents it will take")
+    p.add_argument("--out", required=True, help="the pipeline folder to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=_widen)
 
     p = sub.add_parser("lora-merge", help="a pipeline folder with a diffusers/peft LoRA merged into its transformer")
     p.add_argument("--model", required=True, help="a diffusers SD3 pipeline folder (a teacher or a distilled student)")

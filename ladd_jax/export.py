@@ -15,10 +15,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ladd_jax.atomic import atomic_path, check_writable_destination
-from ladd_jax.convert.mmdit import save_mmdit
+from ladd_jax.conditioning import cond_channels
+from ladd_jax.convert.mmdit import load_mmdit, save_mmdit
 from ladd_jax.errors import LaddError
 from ladd_jax.jsonfile import read_json
-from ladd_jax.models.mmdit import MMDiTConfig
+from ladd_jax.models.mmdit import MMDiTConfig, with_extra_inputs
 from ladd_jax.pipeline import read_model_index
 
 TRANSFORMER = "transformer"
@@ -33,9 +34,12 @@ def export_student(
     out_dir: str | Path,
     dtype: str = "float32",
     overwrite: bool = False,
+    new_inputs: bool = False,
 ) -> Path:
     """Writes `out_dir`: the teacher pipeline folder with the student (`config`, `params`) as its transformer,
-    stored in `dtype`. The folder appears only once complete; without `overwrite` an existing one is an error."""
+    stored in `dtype`. The folder appears only once complete; without `overwrite` an existing one is an error.
+    `new_inputs`: the transformer may take other input channels than the folder's (a model widened to take
+    conditioning latents, `widen_for_conditioning`)."""
     teacher, out = Path(teacher_folder), Path(out_dir)
     if not teacher.is_dir():
         raise LaddError(f"teacher folder {teacher} does not exist; pass the diffusers SD3 folder the student came from")
@@ -43,7 +47,7 @@ def export_student(
         raise LaddError(f"the export destination {out} is the teacher folder itself; choose another --out")
     check_writable_destination(out, overwrite)  # before any work
     read_model_index(teacher)  # a complete SD3 pipeline folder, or one clear error
-    _check_interface(teacher, config)
+    _check_interface(teacher, config, ("in_channels",) if new_inputs else ())
 
     with atomic_path(out, overwrite) as tmp:
         _copy_components(teacher, tmp)
@@ -51,14 +55,14 @@ def export_student(
     return out
 
 
-def _check_interface(teacher: Path, student: MMDiTConfig) -> None:
-    """The student must fit the teacher's VAE and text encoders."""
+def _check_interface(teacher: Path, student: MMDiTConfig, free: tuple[str, ...] = ()) -> None:
+    """The student must fit the teacher's VAE and text encoders (in every INTERFACE_FIELDS entry but `free`)."""
     path = teacher / TRANSFORMER / "config.json"
     teacher_config = read_json(path, f"{path} is missing; the teacher folder needs its transformer's config.json")
     wrong = [
         f"{k}: student {getattr(student, k)}, teacher {teacher_config.get(k)}"
         for k in INTERFACE_FIELDS
-        if k in teacher_config and teacher_config[k] != getattr(student, k)
+        if k not in free and k in teacher_config and teacher_config[k] != getattr(student, k)
     ]
     if wrong:
         raise LaddError(
@@ -83,3 +87,18 @@ def _copy_components(teacher: Path, dst: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, target)
             bar.update(f.stat().st_size)
+
+
+def widen_for_conditioning(folder: str | Path, kind: str, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Writes `out_dir`: the text-to-image pipeline `folder` with its transformer widened to take `kind`'s
+    conditioning latents (conditioning.py) beside the noisy latents, their input weights zero, so that it
+    samples exactly as before until fine-tuned (`ladd-jax pretrain` with config.conditioned)."""
+    check_writable_destination(Path(out_dir), overwrite)
+    config, params = load_mmdit(folder)
+    if config.in_channels != config.out_channels:
+        raise LaddError(
+            f"{folder}'s transformer already takes {config.in_channels - config.out_channels} conditioning "
+            "channels; widen a text-to-image model"
+        )
+    config, params = with_extra_inputs(config, params, cond_channels(kind, config.out_channels))
+    return export_student(folder, config, params, out_dir, overwrite=overwrite, new_inputs=True)

@@ -168,6 +168,24 @@ def _decode_fn(config: Any, dtype: str) -> Callable:
 
 
 @functools.cache
+def vae_encode_fn(config: Any, dtype: str, kind: str = "mean") -> Callable:
+    """(params, images [B, H, W, 3] in [-1, 1], seeds [B]) -> scaled latents: the VAE posterior's mean
+    (`kind="mean"`) or a draw from it (`"sample"`, one key per image, independent of the batch)."""
+    from ladd_jax.models.vae import AutoencoderKL, sample_latents, scale_latents
+
+    model = AutoencoderKL(config, DTYPES[dtype])
+
+    def encode(params, images, seeds):
+        mean, logvar = model.apply({"params": params}, images, method=AutoencoderKL.encode)
+        if kind == "sample":  # one key per image, so an image's draw does not depend on its batch
+            draw = lambda m, lv, s: sample_latents(m[None], lv[None], jax.random.key(s))[0]
+            mean = jax.vmap(draw)(mean, logvar, seeds)
+        return scale_latents(mean, config).astype(jnp.float32)
+
+    return jax.jit(encode)
+
+
+@functools.cache
 def _clip_fn(config: Any, dtype: str) -> Callable:
     from ladd_jax.models.clip import CLIPTextEncoder
 
@@ -227,6 +245,7 @@ class SD3Pipeline:
         self.vae_config, params = load_vae(folder / "vae")
         self.vae_params = put(params)
         self._decode = _decode_fn(self.vae_config, dtype)
+        self._vae_encode = vae_encode_fn(self.vae_config, dtype)
 
         self.tokenizers = [tokenizer("tokenizer"), tokenizer("tokenizer_2")]
         self.clip_configs, self.clip_params = [], []
@@ -262,6 +281,17 @@ class SD3Pipeline:
     @property
     def vae_scale_factor(self) -> int:
         return self.vae_config.downscale
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents the sampler integrates (the transformer's output)."""
+        return self.transformer_config.out_channels
+
+    @property
+    def cond_channels(self) -> int:
+        """Conditioning channels the transformer takes beside the latents (inpainting: masked image + mask;
+        editing: the source image), 0 for a text-to-image model."""
+        return self.transformer_config.in_channels - self.transformer_config.out_channels
 
     @property
     def patch_size(self) -> int:
@@ -358,7 +388,7 @@ class SD3Pipeline:
         """Standard normal NHWC latents from `jax.random` (not torch's generator, so the same seed gives other
         noise than diffusers). An int seeds the whole batch; a sequence gives image i the key of seed[i], so an
         image does not depend on what else is in its batch."""
-        shape = (height // self.vae_scale_factor, width // self.vae_scale_factor, self.transformer_config.in_channels)
+        shape = (height // self.vae_scale_factor, width // self.vae_scale_factor, self.latent_channels)
         if isinstance(seed, (int, np.integer)):
             return jax.random.normal(jax.random.key(int(seed)), (batch, *shape), jnp.float32)
         seeds = [int(s) for s in seed]
@@ -379,13 +409,16 @@ class SD3Pipeline:
         max_sequence_length: int = 256,
         output_type: str = "np",
         progress: bool | Callable[[int, int], None] = False,
+        cond: Any = None,
     ) -> np.ndarray:
         """Text to images [B, H, W, 3] float32 in [0, 1] (`output_type="np"`), or the sampler's final latents
         [B, h, w, C] NHWC before any VAE scaling (`output_type="latent"`, as diffusers gives them).
 
         height/width default to the model's size (1024 for SD3). `latents`: NHWC initial noise; without it,
         noise comes from `initial_latents(..., seed)`. `progress`: True for a tqdm bar over the steps, or a
-        callback(step, total). guidance_scale <= 1 runs without classifier-free guidance, as diffusers."""
+        callback(step, total). guidance_scale <= 1 runs without classifier-free guidance, as diffusers.
+        `cond`: a conditioned model's conditioning latents [B, h, w, cond_channels] (conditioning.py makes them
+        from images and masks), given to both branches of classifier-free guidance."""
         if output_type not in ("np", "latent"):
             raise LaddError(f"output_type must be 'np' or 'latent', got {output_type!r}")
         height = height or self.default_size
@@ -399,14 +432,14 @@ class SD3Pipeline:
         else:
             x = jnp.asarray(latents, jnp.float32)
             want = (batch, height // self.vae_scale_factor, width // self.vae_scale_factor)
-            want += (self.transformer_config.in_channels,)
+            want += (self.latent_channels,)
             if x.shape != want:
                 raise LaddError(f"latents have shape {x.shape}; {height}x{width} images need NHWC latents {want}")
 
         embeds, neg_embeds, pooled, neg_pooled = self.encode_prompt(
             prompts, negative_prompts, max_sequence_length, do_classifier_free_guidance=guidance_scale > 1.0
         )
-        x = self.denoise(x, embeds, pooled, neg_embeds, neg_pooled, num_inference_steps, guidance_scale, progress)
+        x = self.denoise(x, embeds, pooled, neg_embeds, neg_pooled, num_inference_steps, guidance_scale, progress, cond)
         if output_type == "latent":
             return np.asarray(x)
         return self.decode(x)
@@ -421,11 +454,41 @@ class SD3Pipeline:
         except ValueError as e:
             raise LaddError(f"{e}; use a positive number of steps") from None
 
-    def velocity(self, x: Any, t: Any, embeds: Any, pooled: Any, params: Any = None) -> jax.Array:
+    def velocity(self, x: Any, t: Any, embeds: Any, pooled: Any, params: Any = None, cond: Any = None) -> jax.Array:
         """The transformer's velocity for NHWC latents `x` at flow times `t` [B] with conditioning from
-        `encode_prompt`; `params` replaces the folder's transformer weights (e.g. a student's in training)."""
+        `encode_prompt` (and a conditioned model's `cond` latents); `params` replaces the folder's transformer
+        weights (e.g. a student's in training)."""
         params = self.transformer_params if params is None else params
+        x = self.with_cond(x, cond)
         return self._transformer(params, *(self._shard(a) for a in (x, t, embeds, pooled)))
+
+    def with_cond(self, x: Any, cond: Any) -> jax.Array:
+        """The transformer's input: latents `x` [B, h, w, C] with the conditioning latents on the channel axis
+        (`cond` [b, h, w, cond_channels], b dividing B: repeated, as the doubled batch of guidance needs)."""
+        x = jnp.asarray(x)
+        if cond is None:
+            if self.cond_channels:
+                raise LaddError(
+                    f"{self.folder}'s transformer takes {self.cond_channels} conditioning channels beside the latents "
+                    "(an inpainting or editing model): pass cond (ladd-jax sample --inpaint IMAGE --mask MASK, or "
+                    "--edit IMAGE)"
+                )
+            return x
+        cond = jnp.asarray(cond, x.dtype)
+        if not self.cond_channels:
+            raise LaddError(f"{self.folder}'s transformer takes no conditioning latents; sample it without cond")
+        if cond.ndim != 4 or cond.shape[1:] != (*x.shape[1:3], self.cond_channels) or x.shape[0] % cond.shape[0]:
+            raise LaddError(
+                f"cond has shape {cond.shape}; latents {x.shape} need [B, {x.shape[1]}, {x.shape[2]}, "
+                f"{self.cond_channels}] (one per image, at the latents' size)"
+            )
+        return jnp.concatenate([x, jnp.tile(cond, (x.shape[0] // cond.shape[0], 1, 1, 1))], axis=-1)
+
+    def encode_images(self, images: Any) -> jax.Array:
+        """Images [B, H, W, 3] in [-1, 1] -> scaled latents [B, h, w, C] as the transformer sees them (the VAE
+        posterior's mean, shifted and scaled)."""
+        images = self._shard(jnp.asarray(images, jnp.float32))
+        return self._vae_encode(self.vae_params, images, jnp.zeros(images.shape[0], jnp.int32))
 
     def denoise(
         self,
@@ -437,10 +500,11 @@ class SD3Pipeline:
         num_inference_steps: int = 28,
         guidance_scale: float = 7.0,
         progress: bool | Callable[[int, int], None] = False,
+        cond: Any = None,
     ) -> jax.Array:
         """The sampler alone: NHWC initial `latents` -> the final latents (what `output_type="latent"` gives), for
-        conditioning from `encode_prompt` (the negatives are needed when guidance_scale > 1). For callers that
-        keep the text embeddings, e.g. the synthetic-data job."""
+        conditioning from `encode_prompt` (the negatives are needed when guidance_scale > 1) and a conditioned
+        model's `cond` latents. For callers that keep the text embeddings, e.g. the synthetic-data job."""
         sigmas = self._sigmas(num_inference_steps)
         if guidance_scale > 1.0:  # diffusers' order: [uncond; cond], which sample_euler's contract expects
             if neg_embeds is None or neg_pooled is None:
@@ -448,8 +512,10 @@ class SD3Pipeline:
             embeds = jnp.concatenate([neg_embeds, embeds])
             pooled = jnp.concatenate([neg_pooled, pooled])
         context, pooled = self._shard(embeds), self._shard(pooled)
+        self.with_cond(latents, cond)  # fails before any step
 
         def velocity(x: jax.Array, t: jax.Array) -> jax.Array:
+            x = self.with_cond(x, cond)
             return self._transformer(self.transformer_params, self._shard(x), self._shard(t), context, pooled)
 
         callback, bar = (progress or None), None

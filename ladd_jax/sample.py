@@ -1,10 +1,12 @@
-"""`ladd-jax sample`: text to a PNG grid with an SD3 pipeline folder (rows: prompts, columns: seeds)."""
+"""`ladd-jax sample`: text to a PNG grid with an SD3 pipeline folder (rows: prompts, columns: seeds); an inpainting
+model fills `--inpaint IMAGE` where `--mask MASK` is white, an editing model edits `--edit IMAGE` as the prompt says."""
 
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +28,9 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-sequence-length", type=int, default=256, help="T5 tokens (at most 512)")
     p.add_argument("--batch-size", type=int, default=None, help="images per sampler call (default: all at once)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--inpaint", default=None, help="an inpainting model: the image to fill (with --mask)")
+    p.add_argument("--mask", default=None, help="with --inpaint: a mask image, white where the model is to draw")
+    p.add_argument("--edit", default=None, help="an editing model: the image to edit; the prompt is the instruction")
     p.add_argument("--out", required=True, help="the PNG file to write")
     p.set_defaults(fn=run_sample)
 
@@ -38,6 +43,38 @@ def image_grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
     # diffusers' numpy_to_pil rounding, so a cell equals the image diffusers would save.
     pixels = (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
     return pixels.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+
+
+def conditioning_request(args: argparse.Namespace) -> tuple[str, str, str | None] | None:
+    """(kind, image, mask) from --inpaint/--mask/--edit, or None for text to image; bad combinations refused."""
+    if args.edit and (args.inpaint or args.mask):
+        raise LaddError("--edit and --inpaint/--mask ask for different models; give one")
+    if args.edit:
+        return "edit", args.edit, None
+    if bool(args.inpaint) != bool(args.mask):
+        raise LaddError("inpainting needs both --inpaint IMAGE and --mask MASK (white where to draw)")
+    return ("inpaint", args.inpaint, args.mask) if args.inpaint else None
+
+
+def load_cond(pipe: Any, request: tuple[str, str, str | None], height: int, width: int) -> np.ndarray:
+    """The conditioning latents [1, h, w, C] of an --inpaint/--edit request, checked against the model."""
+    from ladd_jax.conditioning import cond_channels, load_mask, make_cond
+    from ladd_jax.data.encode_real import load_image
+
+    kind, image, mask = request
+    for path in (image, mask):
+        if path is not None and not Path(path).is_file():
+            raise LaddError(f"{path} does not exist")
+    want = cond_channels(kind, pipe.latent_channels)
+    if pipe.cond_channels != want:
+        what = f"takes {pipe.cond_channels} conditioning channels" if pipe.cond_channels else "is text to image"
+        raise LaddError(
+            f"{pipe.folder} {what}; --{'inpaint' if kind == 'inpaint' else 'edit'} needs a {kind} model "
+            f"({want} conditioning channels)"
+        )
+    images = load_image(Path(image), height, width)[None]
+    masks = None if mask is None else load_mask(mask, height, width)[None]
+    return make_cond(kind, pipe.encode_images, images, pipe.vae_scale_factor, masks)
 
 
 def run_sample(args: argparse.Namespace) -> None:
@@ -54,6 +91,7 @@ def run_sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise LaddError(f"--out {out} must name a .png file")
+    request = conditioning_request(args)
 
     if args.height or args.width:
         # Fail before minutes of loading: the size rule needs only the configs.
@@ -65,6 +103,7 @@ def run_sample(args: argparse.Namespace) -> None:
     pipe.check_size(height, width)
     print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s")
 
+    cond = None if request is None else load_cond(pipe, request, height, width)
     seeds = [args.seed + j for j in range(args.seeds)]
     jobs = [(prompt, seed) for prompt in args.prompt for seed in seeds]
     size = args.batch_size or len(jobs)
@@ -83,6 +122,7 @@ def run_sample(args: argparse.Namespace) -> None:
                 seed=[s for _, s in chunk],
                 max_sequence_length=args.max_sequence_length,
                 progress=True,
+                cond=None if cond is None else np.repeat(cond, len(chunk), axis=0),
             )
         )
     seconds = time.perf_counter() - start

@@ -17,7 +17,7 @@ from ladd_jax.errors import LaddError
 from ladd_jax.models.discriminator import init_discriminator
 from ladd_jax.models.mmdit import with_extra_inputs
 from ladd_jax.train import sharding
-from ladd_jax.train.loop import _check_data
+from ladd_jax.train.loop import check_data
 from ladd_jax.train.state import make_models
 from ladd_jax.train.steps import make_step_gradients, step_draws
 
@@ -60,11 +60,11 @@ def test_conditioning_channels_must_fill_the_teachers_input(tmp_path):
     config, params = load_mmdit(tmp_path / "teacher")
     wide, _ = with_extra_inputs(config, params, EXTRA)
     spec = {k: (s[1:], "float32") for k, s in SHAPES.items()}
-    _check_data(dict(spec, cond=((8, 8, EXTRA), "float32")), wide, 2, 1)  # 4 + 3 channels: fine
+    check_data(dict(spec, cond=((8, 8, EXTRA), "float32")), wide, 2, 1)  # 4 + 3 channels: fine
     with pytest.raises(LaddError, match="2 conditioning channels; the teacher takes 7"):
-        _check_data(dict(spec, cond=((8, 8, 2), "float32")), wide, 2, 1)
+        check_data(dict(spec, cond=((8, 8, 2), "float32")), wide, 2, 1)
     with pytest.raises(LaddError, match="0 conditioning channels; the teacher takes 7"):
-        _check_data(spec, wide, 2, 1)
+        check_data(spec, wide, 2, 1)
 
 
 def test_conditioned_configs_read_the_cond_field():

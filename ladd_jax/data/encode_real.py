@@ -7,6 +7,11 @@ the pipeline folder's VAE. The record's `latent` is the VAE posterior's mean (de
 (`latent="sample"`, from `jax.random.key(seed)` with item i's seed as synth derives it), scaled as the diffusion
 model sees latents: `scale_latents(z) = (z - shift_factor) * scaling_factor`. Records follow synth's schema
 without `noise`, plus `image` (the relative path); the manifest's source is "real", so the same Loader reads them.
+
+Conditioned models (conditioning.py): when every line also names a "mask" (inpainting: white where the model is to
+draw) or a "source" image (editing: the image before the edit; the prompt is the instruction), the records carry
+`cond`, the conditioning latents the image is the answer to: the data a conditioned teacher is pretrained on, and
+the conditioning `ladd-jax synth` reads from a records folder to sample that teacher for distillation.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ladd_jax.conditioning import cond_channels, load_mask, make_cond
 from ladd_jax.data.records import STORE_DTYPES, check_output_folder, make_manifest, record_seeds, write_shards
 from ladd_jax.data.synth import TEXT_COMPONENTS, loaded_pipeline, pipeline_fingerprint
 from ladd_jax.errors import LaddError
@@ -57,6 +63,34 @@ def read_captions(jsonl: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
+def read_conditioning(jsonl: str | Path) -> tuple[str | None, list[str]]:
+    """(kind, path of each line's conditioning file) when the lines carry a "mask" (inpainting) or a "source"
+    (editing) field, else (None, []); every line must carry the same one, and the files must exist."""
+    from ladd_jax.conditioning import JSONL_KEYS
+
+    jsonl = Path(jsonl)
+    items = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+    found = [kind for kind, key in JSONL_KEYS.items() if key in items[0]]
+    if not found:
+        return None, []
+    if len(found) > 1:
+        raise LaddError(f"{jsonl}: a line has both {list(JSONL_KEYS.values())}; a model is inpainting or editing")
+    kind, key = found[0], JSONL_KEYS[found[0]]
+    paths = []
+    for n, item in enumerate(items, 1):
+        if not isinstance(item.get(key), str) or not (jsonl.parent / item[key]).is_file():
+            raise LaddError(f"{jsonl}, line {n}: every line needs {key!r}, an existing file (the first line has one)")
+        paths.append(item[key])
+    return kind, paths
+
+
+def _encode_on(encode: Callable, params: Any, sharding: Any, images: np.ndarray) -> Any:
+    """`encode` of images placed with `sharding` (the posterior's mean: no seeds needed)."""
+    import jax
+
+    return encode(params, jax.device_put(images, sharding), np.zeros(len(images), np.int32))
+
+
 def load_image(path: Path, height: int, width: int) -> np.ndarray:
     """An image file -> float32 [height, width, 3] in [-1, 1] (centre-cropped to the aspect ratio and resized)."""
     from PIL import Image, UnidentifiedImageError
@@ -73,26 +107,6 @@ def load_image(path: Path, height: int, width: int) -> np.ndarray:
         box = ((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)
         image = image.resize((width, height), Image.Resampling.BICUBIC, box=box)
     return np.asarray(image, np.float32) / (PIXEL_MAX / 2) - 1.0
-
-
-@functools.cache
-def _encode_fn(config: Any, dtype: str, kind: str) -> Callable:
-    import jax
-    import jax.numpy as jnp
-
-    from ladd_jax.models.vae import AutoencoderKL, sample_latents, scale_latents
-    from ladd_jax.pipeline import DTYPES
-
-    model = AutoencoderKL(config, DTYPES[dtype])
-
-    def encode(params, images, seeds):
-        mean, logvar = model.apply({"params": params}, images, method=AutoencoderKL.encode)
-        if kind == "sample":  # one key per image, so an image's draw does not depend on its batch
-            draw = lambda m, lv, s: sample_latents(m[None], lv[None], jax.random.key(s))[0]
-            mean = jax.vmap(draw)(mean, logvar, seeds)
-        return scale_latents(mean, config).astype(jnp.float32)
-
-    return jax.jit(encode)
 
 
 def encode_real(
@@ -120,7 +134,7 @@ def encode_real(
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from ladd_jax.pipeline import DTYPES, cast_floats, check_size, local_data_mesh, size_rules
+    from ladd_jax.pipeline import DTYPES, cast_floats, check_size, local_data_mesh, size_rules, vae_encode_fn
 
     if latent not in LATENT_KINDS:
         raise LaddError(f"latent must be one of {LATENT_KINDS}, got {latent!r}")
@@ -149,10 +163,22 @@ def encode_real(
         mesh = local_data_mesh()
         vae_config, params = load_vae(Path(model_dir) / "vae")
         vae_params = jax.device_put(cast_floats(params, DTYPES[dtype]), NamedSharding(mesh, P()))
-    encode = _encode_fn(vae_config, dtype, latent)
+    encode = vae_encode_fn(vae_config, dtype, latent)
     batched = NamedSharding(mesh, P("data"))
     per_call = batch_size * mesh.devices.size
     item_settings = {"latent": latent, "height": height, "width": width, "max_sequence_length": max_sequence_length}
+    cond_kind, cond_paths = read_conditioning(jsonl)
+    if cond_kind is not None:
+        item_settings["conditioning"] = cond_kind
+
+    cond_encode = vae_encode_fn(vae_config, dtype)  # conditioning latents are the posterior's mean, as sampling's
+
+    def conditioning_inputs(items: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(images to condition on, masks): the source images to edit, or the images and masks to inpaint."""
+        if cond_kind == "edit":
+            return np.stack([load_image(jsonl.parent / cond_paths[i], height, width) for i in items]), None
+        masks = np.stack([load_mask(jsonl.parent / cond_paths[i], height, width) for i in items])
+        return np.stack([load_image(jsonl.parent / pairs[i][0], height, width) for i in items]), masks
 
     def produce(start: int, stop: int) -> Iterator[dict[str, Any]]:
         for lo in range(start, stop, per_call):
@@ -162,6 +188,10 @@ def encode_real(
             images = np.stack([load_image(jsonl.parent / pairs[i][0], height, width) for i in padded])
             images, item_seeds = jax.device_put((images, seeds.astype(np.int32)), batched)
             arrays = {"latent": encode(vae_params, images, item_seeds)}
+            if cond_kind is not None:
+                cond_images, masks = conditioning_inputs(padded)
+                encode_mean = functools.partial(_encode_on, cond_encode, vae_params, batched)
+                arrays["cond"] = make_cond(cond_kind, encode_mean, cond_images, vae_config.downscale, masks)
             if text_embeddings:
                 embeds, _, pooled, _ = pipe.encode_prompt(
                     [pairs[i][1] for i in padded],
@@ -176,6 +206,9 @@ def encode_real(
 
     factor = vae_config.downscale
     fields = {"latent": ((height // factor, width // factor, vae_config.latent_channels), store_dtype)}
+    if cond_kind is not None:
+        channels = cond_channels(cond_kind, vae_config.latent_channels)
+        fields["cond"] = ((height // factor, width // factor, channels), store_dtype)
     if text_embeddings:
         t = pipe.transformer_config
         fields["context"] = ((pipe.clip_max_length + max_sequence_length, t.joint_attention_dim), store_dtype)
@@ -186,7 +219,7 @@ def encode_real(
         "batch_size_per_device": batch_size,
         "dtype": dtype,
         "text_embeddings": text_embeddings,
-        "captions_sha256": hashlib.sha256(json.dumps(pairs).encode()).hexdigest(),
+        "captions_sha256": hashlib.sha256(json.dumps(pairs + cond_paths).encode()).hexdigest(),
         "model_fingerprint": pipeline_fingerprint(model_dir, components),
     }
     origin = {"model": str(model_dir), "images": str(jsonl)}
@@ -199,7 +232,12 @@ def add_encode_real_parser(subparsers: argparse._SubParsersAction) -> None:
     """Registers the `encode-real` subcommand."""
     p = subparsers.add_parser("encode-real", help="real (image, caption) pairs -> VAE-latent records (as synth's)")
     p.add_argument("--model", required=True, help="a diffusers SD3 pipeline folder (its VAE and text encoders)")
-    p.add_argument("--images", required=True, help='a .jsonl of {"image": "relative/path.png", "prompt": "..."}')
+    p.add_argument(
+        "--images",
+        required=True,
+        help='a .jsonl of {"image": "relative/path.png", "prompt": "..."}; a "mask" (inpainting) or "source" '
+        "(editing) path on every line adds the conditioning latents as the records' cond",
+    )
     p.add_argument("--out", required=True, help="the data folder to write; re-running the same command resumes it")
     p.add_argument("--height", type=int, default=None, help="pixels (default: the first image's)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the first image's)")

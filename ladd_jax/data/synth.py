@@ -13,6 +13,10 @@ file) and sample it at that size; the records are written grouped by bucket, eac
 the manifest lists the buckets with their record ranges and latent shapes (records.py). Item i's seed and noise
 still come from (seed, i) alone.
 
+Conditioned teachers (inpainting, editing; conditioning.py): the prompts are a records folder with `cond` latents
+(`ladd-jax encode-real` of images with masks or source images); item i is sampled with record i's prompt and cond,
+and its record carries that cond, which distillation gives the student and the teacher alike.
+
 Every call runs `batch_size` prompts per local device, sharded over all local devices along "data"; the last
 batch of a shard (or of a bucket within it) is padded, so all calls have one shape per bucket and compile once.
 
@@ -42,7 +46,9 @@ from ladd_jax.data.records import (
     STORE_DTYPES,
     check_output_folder,
     folder_fingerprint,
+    iter_records,
     make_manifest,
+    read_manifest,
     record_seeds,
     write_shards,
 )
@@ -58,7 +64,7 @@ class SynthConfig:
     """The settings of a synth job (the CLI's flags, or the keys of a --config file)."""
 
     model: str  # a diffusers SD3 pipeline folder: the teacher and its text encoders
-    prompts: str  # .txt, .jsonl or .parquet
+    prompts: str  # .txt, .jsonl or .parquet; or a records folder: its prompts, and its cond latents if it has them
     out: str  # the data folder to write (or resume)
     num_steps: int = 28
     cfg: float = 7.0  # classifier-free guidance scale (<= 1: none)
@@ -133,8 +139,11 @@ def read_config_file(spec: str) -> dict[str, Any]:
 
 
 def read_prompts(path: str | Path, column: str = "prompt") -> list[str]:
-    """The prompts of a .txt (one a line, blank lines skipped), .jsonl (`column` field) or .parquet file."""
+    """The prompts of a .txt (one a line, blank lines skipped), .jsonl (`column` field) or .parquet file, or of
+    the records of a data folder (in record order)."""
     path = Path(path)
+    if path.is_dir():
+        return [record["prompt"] for record in iter_records(path)]
     if path.suffix not in PROMPT_SUFFIXES:
         raise LaddError(f"prompts file {path} must end in one of {PROMPT_SUFFIXES}")
     if not path.is_file():
@@ -202,6 +211,7 @@ def _sampler(
     prompts in record order (one bucket of all prompts for a one-size job)."""
     import jax  # the CLI builds its parser from this module without loading jax
 
+    cond = cond_source(config.prompts)
     per_call = config.batch_size * pipe.mesh.devices.size
     guided = config.cfg > 1.0
     bucketed = config.buckets is not None
@@ -220,8 +230,13 @@ def _sampler(
         embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
             [prompts[i] for i in padded], config.negative_prompt, config.max_sequence_length, guided
         )
-        latent = pipe.denoise(noise, embeds, pooled, neg_embeds, neg_pooled, config.num_steps, config.cfg)
-        arrays = {"noise": noise, "latent": latent}
+        arrays = {"noise": noise}
+        if cond is not None:
+            arrays["cond"] = np.stack([np.asarray(cond[i]["cond"], np.float32) for i in padded])
+        latent = pipe.denoise(
+            noise, embeds, pooled, neg_embeds, neg_pooled, config.num_steps, config.cfg, cond=arrays.get("cond")
+        )
+        arrays["latent"] = latent
         if config.text_embeddings:
             arrays |= {"context": embeds, "pooled": pooled}
         arrays = jax.device_get(arrays)
@@ -231,6 +246,36 @@ def _sampler(
             yield record | {name: np.asarray(a[j]) for name, a in arrays.items()}
 
     return produce
+
+
+def cond_source(prompts: str | Path) -> Any:
+    """The conditioning latents of a records folder given as the prompts (a RecordSource of its `cond`), or None
+    for a prompts file or a folder without them."""
+    from ladd_jax.data.loader import RecordSource
+
+    if not Path(prompts).is_dir() or "cond" not in read_manifest(prompts)["fields"]:
+        return None
+    return RecordSource(prompts, ("cond",))
+
+
+def _check_cond(config: SynthConfig, pipe: Any, latent_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The records' cond shape, checked against the teacher (a conditioned teacher needs a conditioned folder)."""
+    if not Path(config.prompts).is_dir() or "cond" not in read_manifest(config.prompts)["fields"]:
+        if pipe.cond_channels:
+            raise LaddError(
+                f"{config.model} is a conditioned model ({pipe.cond_channels} conditioning channels): give as prompts "
+                "a records folder with cond latents (`ladd-jax encode-real` with masks or source images)"
+            )
+        return None
+    if config.buckets is not None:
+        raise LaddError("conditioned synth samples at the conditioning's one size; drop --buckets")
+    shape = tuple(read_manifest(config.prompts)["fields"]["cond"]["shape"])
+    if shape != (*latent_shape[:2], pipe.cond_channels):
+        raise LaddError(
+            f"{config.prompts}'s cond latents are {shape}; {config.model} at {config.height}x{config.width} needs "
+            f"{(*latent_shape[:2], pipe.cond_channels)}: encode the conditioning with this teacher's VAE at this size"
+        )
+    return shape
 
 
 def loaded_pipeline(model: str | Path, dtype: str, pipeline: Any = None) -> Any:
@@ -262,7 +307,7 @@ def run_synth(
     check_output_folder(config.out)
     pipe = loaded_pipeline(config.model, config.dtype, pipeline)
     factor, t = pipe.vae_scale_factor, pipe.transformer_config
-    latent = lambda size: (size[0] // factor, size[1] // factor, t.in_channels)
+    latent = lambda size: (size[0] // factor, size[1] // factor, pipe.latent_channels)
     # Records grouped by bucket (prompt order within each), so that a bucket is a range of records; empty
     # buckets are left out.
     layout = [(size, np.flatnonzero(assigned == k).tolist()) for k, size in enumerate(sizes)]
@@ -283,6 +328,9 @@ def run_synth(
         "negative_prompt": config.negative_prompt,
     }
     fields = {"noise": (shape, config.store_dtype), "latent": (shape, config.store_dtype)}
+    cond_shape = _check_cond(config, pipe, latent(sizes[0]))
+    if cond_shape is not None:
+        fields["cond"] = (cond_shape, config.store_dtype)
     if config.text_embeddings:
         fields["context"] = (
             (pipe.clip_max_length + config.max_sequence_length, t.joint_attention_dim),
@@ -297,6 +345,10 @@ def run_synth(
         "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
         "model_fingerprint": pipeline_fingerprint(config.model, ("transformer", "scheduler", *TEXT_COMPONENTS)),
     }
+    if cond_shape is not None:
+        settings["cond_settings_sha256"] = hashlib.sha256(
+            json.dumps(read_manifest(config.prompts)["settings"], sort_keys=True).encode()
+        ).hexdigest()
     if config.buckets is not None:  # the assignment decides the layout (a one-size job's settings stay as they were)
         settings["buckets_sha256"] = hashlib.sha256(assigned.astype(np.int64).tobytes()).hexdigest()
     origin = {"model": str(config.model), "prompts": str(config.prompts)}
@@ -336,7 +388,11 @@ def add_synth_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="FILE.py[:ARG] (get_config(ARG) -> settings) or FILE.json; flags override it")
     p.add_argument("--model", help="a diffusers Stable Diffusion 3 / 3.5 pipeline folder (the teacher)")
-    p.add_argument("--prompts", help='.txt (one a line), .jsonl (a "prompt" field) or .parquet (a column)')
+    p.add_argument(
+        "--prompts",
+        help='.txt (one a line), .jsonl (a "prompt" field) or .parquet (a column); or a records folder, whose cond '
+        "latents (encode-real with masks or sources) condition an inpainting or editing teacher",
+    )
     p.add_argument("--out", help="the data folder to write; re-running the same command resumes it")
     p.add_argument("--num-steps", dest="num_steps", type=int, help="Euler steps (default 28)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 7.0; <= 1: none)")

@@ -66,12 +66,13 @@ def require_pipeline_folder(folder: Path, what: str, fix: str) -> None:
 
 
 class Sampler:
-    """Samples a fixed set of prompts, all rows from the same initial noise, with any transformer params."""
+    """Samples a fixed set of prompts, all rows from the same initial noise, with any transformer params (and a
+    conditioned model's `cond` latents, one per prompt)."""
 
-    def __init__(self, pipe: Any, prompts: list[str], seeds: list[int], msl: int, cfg: float):
+    def __init__(self, pipe: Any, prompts: list[str], seeds: list[int], msl: int, cfg: float, cond: Any = None):
         from ladd_jax.flow import cfg_combine, denoise
 
-        self.pipe, self.prompts, self.msl = pipe, prompts, msl
+        self.pipe, self.prompts, self.msl, self.cond = pipe, prompts, msl, cond
         size = pipe.transformer_config.sample_size * pipe.vae_scale_factor
         self.size = size
         self.noise = pipe.initial_latents(len(prompts), size, size, seed=seeds)
@@ -80,8 +81,8 @@ class Sampler:
 
         def x0(params: Any, x: jax.Array, t: jax.Array, guidance: float) -> jax.Array:
             if guidance <= 1.0:
-                return denoise(x, pipe.velocity(x, t, embeds, pooled, params), t)
-            v = pipe.velocity(jnp.concatenate([x, x]), jnp.concatenate([t, t]), *both, params)
+                return denoise(x, pipe.velocity(x, t, embeds, pooled, params, cond), t)
+            v = pipe.velocity(jnp.concatenate([x, x]), jnp.concatenate([t, t]), *both, params, cond)
             return denoise(x, cfg_combine(v[len(x) :], v[: len(x)], guidance), t)
 
         self._x0 = x0
@@ -103,6 +104,7 @@ class Sampler:
             width=self.size,
             latents=self.noise,
             max_sequence_length=self.msl,
+            cond=self.cond,
         )
 
 

@@ -33,10 +33,22 @@ def row_label(row: dict) -> str:
 # ------------------------------------------------------------------------------------------------------ curves
 
 
-def training_curves(runs: dict[str, Path], references: dict[str, list[tuple[str, float]]], out: Path) -> Path:
+EVAL_PANELS = (
+    ("eval/fd_1step", "student 1-step FD, held-out prompts (lower is better)"),
+    ("eval/alignment_1step", "student 1-step alignment, held-out prompts"),
+)
+
+
+def training_curves(
+    runs: dict[str, Path],
+    references: dict[str, list[tuple[str, float]]],
+    out: Path,
+    eval_panels: tuple[tuple[str, str], tuple[str, str]] = EVAL_PANELS,
+) -> Path:
     """2x2 panels over training steps for each run (e.g. LADD and the frozen-heads control): discriminator
-    accuracy, the logit gap real - fake, and the student's 1-step FD and alignment on held-out prompts (the
-    `eval/` metrics); `references` maps a metric to labelled horizontal lines (teacher, real renders)."""
+    accuracy, the logit gap real - fake, and two `eval/` metrics (key, title) of the student, by default its
+    1-step FD and alignment on held-out prompts; `references` maps a metric to labelled horizontal lines
+    (teacher, real renders)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,8 +58,8 @@ def training_curves(runs: dict[str, Path], references: dict[str, list[tuple[str,
     panels = (
         (axes[0, 0], "d_acc", "discriminator accuracy (per location, real and fake)"),
         (axes[0, 1], "logit_gap", "logit gap: mean D(real) - mean D(fake)"),
-        (axes[1, 0], "eval/fd_1step", "student 1-step FD, held-out prompts (lower is better)"),
-        (axes[1, 1], "eval/alignment_1step", "student 1-step alignment, held-out prompts"),
+        (axes[1, 0], *eval_panels[0]),
+        (axes[1, 1], *eval_panels[1]),
     )
     for ax, key, title in panels:
         for name, workdir in runs.items():

@@ -271,8 +271,22 @@ def _draw(canvas: np.ndarray, world: ToyWorld, shape: str, center: tuple[float, 
     canvas[y0:y1, x0:x1] = patch * (1.0 - coverage) + rgb * coverage
 
 
-def render(world: ToyWorld, scene: Scene, seed: int) -> np.ndarray:
-    """uint8 [S, S, 3] picture of the scene; the jitter of sizes, positions and colours depends only on `seed`."""
+@dataclasses.dataclass(frozen=True)
+class Placed:
+    """An object as drawn: centre (y, x) and half-extent r in pixels, and its colour's jitter from the palette."""
+
+    obj: Obj
+    center: tuple[float, float]
+    r: float
+    jitter: tuple[int, int, int]
+
+    def rgb(self, world: ToyWorld) -> np.ndarray:
+        base = np.asarray(world.palette[world.colors.index(self.obj.color)], np.float64)
+        return np.clip(base + np.asarray(self.jitter, np.float64), 0, 255)
+
+
+def place(world: ToyWorld, scene: Scene, seed: int) -> list[Placed]:
+    """The scene's objects with the sizes, positions and colour jitter `render(world, scene, seed)` draws."""
     rng = np.random.default_rng(seed)
     s = world.image_size
     radii = []
@@ -280,13 +294,26 @@ def render(world: ToyWorld, scene: Scene, seed: int) -> np.ndarray:
         lo, hi = world.size_ranges[world.sizes.index(obj.size)]
         radii.append(rng.uniform(lo, hi) * s)
     centers = _layout(world, scene, radii, rng)
+    placed = []
+    for obj, center, r in zip(scene.objects, centers, radii, strict=True):
+        jitter = tuple(int(j) for j in rng.integers(-world.color_jitter, world.color_jitter + 1, size=3))
+        placed.append(Placed(obj, (float(center[0]), float(center[1])), float(r), jitter))
+    return placed
+
+
+def draw(world: ToyWorld, placed: Sequence[Placed]) -> np.ndarray:
+    """uint8 [S, S, 3]: the placed objects, in order, on the background."""
+    s = world.image_size
     canvas = np.empty((s, s, 3), np.float64)
     canvas[...] = world.background
-    for obj, center, r in zip(scene.objects, centers, radii, strict=True):
-        base = np.asarray(world.palette[world.colors.index(obj.color)], np.float64)
-        rgb = np.clip(base + rng.integers(-world.color_jitter, world.color_jitter + 1, size=3), 0, 255)
-        _draw(canvas, world, obj.shape, center, r, rgb)
+    for p in placed:
+        _draw(canvas, world, p.obj.shape, p.center, p.r, p.rgb(world))
     return np.round(canvas).astype(np.uint8)
+
+
+def render(world: ToyWorld, scene: Scene, seed: int) -> np.ndarray:
+    """uint8 [S, S, 3] picture of the scene; the jitter of sizes, positions and colours depends only on `seed`."""
+    return draw(world, place(world, scene, seed))
 
 
 def image_seeds(seed: int, num: int) -> np.ndarray:

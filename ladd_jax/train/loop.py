@@ -70,7 +70,7 @@ def require_folder(config: ml_collections.ConfigDict, key: str, what: str) -> Pa
     return Path(value)
 
 
-def _check_data(spec: dict, teacher: Any, batch_size: int, multiple: int) -> None:
+def check_data(spec: dict, teacher: Any, batch_size: int, multiple: int) -> None:
     (h, w, c), (_, width), (pooled,) = (spec[f][0] for f in BATCH_FIELDS)
     if "noise" in spec and tuple(spec["noise"][0]) != (h, w, c):
         raise LaddError(f"the data's noise is {spec['noise'][0]}, its latents {(h, w, c)}: the records are broken")
@@ -104,7 +104,7 @@ def build(
     teacher_cfg, teacher_host = teacher or load_mmdit(teacher_folder)
     is_abstract = isinstance(jax.tree.leaves(teacher_host)[0], jax.ShapeDtypeStruct)
     networks = methods.frozen_networks(config, teacher_folder, (teacher_cfg, teacher_host), spec)
-    _check_data(spec, teacher_cfg, config.batch_size, sharding.batch_size_multiple(mesh))
+    check_data(spec, teacher_cfg, config.batch_size, sharding.batch_size_multiple(mesh))
     key = jax.random.key(config.seed)
     make_student = lambda p: init_student(
         teacher_cfg, p, config.student.layers, config.student.init, jax.random.fold_in(key, 1)
@@ -195,6 +195,8 @@ def train_and_evaluate(
     """Trains (or resumes) until config.total_steps; returns the last logged metrics. `evaluate(params)`, if given,
     takes the EMA student's full params (a LoRA student's merged into its base), runs at the start and every
     config.eval_every steps, and is logged as eval/NAME (e.g. the toy world's FD)."""
+    if config.get("conditioned") and config.sample_every:
+        raise LaddError("the sample grid draws text-to-image samples; a conditioned run needs config.sample_every=0")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(**config.mesh)
@@ -208,7 +210,7 @@ def train_and_evaluate(
     state = resume_or_init(checkpoints, config.restore_step, setup.abstract_state, init, loader, meta)
 
     for spec in loader.element_specs[1:]:  # multi-aspect data: build checked the first bucket
-        _check_data(spec, models.teacher.config, config.batch_size, sharding.batch_size_multiple(mesh))
+        check_data(spec, models.teacher.config, config.batch_size, sharding.batch_size_multiple(mesh))
     name = methods.method(config).upper()
     steps = CompiledSteps(name, functools.partial(compile_step, setup), loader.element_specs)
     ema_params = lambda state: models.student_params(state.ema, setup.frozen)

@@ -2,7 +2,8 @@
 Diffusion-DPO preference tuning (`ladd-jax dpo`, train/dpo.py), of the whole model or of LoRA adapters on it.
 
     objective "flow": t ~ logit-normal(m, s);  x_t = (1 - t) x0 + t eps;  loss = || v(x_t, t, text) - (eps - x0) ||^2
-                      text -> the empty prompt's embeddings with probability text_dropout (so that CFG works)
+                      text -> the empty prompt's embeddings with probability text_dropout (so that CFG works);
+                      a conditioned model (config.conditioned) gets the records' cond latents beside x_t
     objective "dpo":  train/dpo.py, on preference-pair records, against the model as it was loaded
 
 Same machinery as LADD (mesh, logical sharding, grain loader, orbax checkpoints with resume, metrics, NaN guard,
@@ -35,10 +36,11 @@ from ladd_jax.pipeline import SD3Pipeline
 from ladd_jax.train import sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from ladd_jax.train.dpo import PAIR_FIELDS, make_dpo_step
-from ladd_jax.train.loop import make_loader, require_folder
+from ladd_jax.train.loop import check_data, make_loader, require_folder
 from ladd_jax.train.runner import CompiledSteps, resume_or_init, run_steps
 from ladd_jax.train.state import compute_fields, optimizer
 from ladd_jax.train.steps import BATCH_FIELDS as FIELDS
+from ladd_jax.train.steps import COND_FIELD
 from ladd_jax.train.student import lora_spec
 from ladd_jax.train.uncond import empty_prompt
 
@@ -71,6 +73,9 @@ def make_pretrain_step(
         drop = jax.random.uniform(k_drop, (b,)) < config.text_dropout
         ctx = jnp.where(drop[:, None, None], frozen["uncond_context"][None], ctx)
         pooled = jnp.where(drop[:, None], frozen["uncond_pooled"][None], pooled)
+
+        if COND_FIELD in batch:  # a conditioned model: its conditioning latents beside x_t, never dropped
+            x_t = jnp.concatenate([x_t, sharding.constrain_batch(batch[COND_FIELD], mesh)], axis=-1)
 
         def loss_fn(params: Any) -> jax.Array:
             v = model.apply({"params": full_params(params, frozen)}, x_t, t, ctx, pooled)
@@ -111,11 +116,20 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     objective = _objective(config)
+    if config.get("conditioned") and config.sample_every:
+        raise LaddError("the sample grid draws text-to-image samples; a conditioned run needs config.sample_every=0")
     folder = require_folder(config, "model", "an SD3 pipeline folder whose transformer is trained")
     mesh = sharding.make_mesh(**config.mesh)
     fields = PAIR_FIELDS if objective == "dpo" else FIELDS
+    if config.get("conditioned"):
+        if objective == "dpo":
+            raise LaddError("DPO takes no conditioning latents yet; tune a text-to-image model, or use objective flow")
+        fields += (COND_FIELD,)
     loader = make_loader(config, mesh, fields)
     arch, host = load_mmdit(folder)
+    if objective == "flow":
+        for spec in loader.element_specs:
+            check_data(spec, arch, config.batch_size, sharding.batch_size_multiple(mesh))
     model = MMDiT(dataclasses.replace(arch, **compute_fields(config)))
     tx = optimizer(config.lr, config)
     lora = lora_spec(config.get("lora"))
