@@ -20,7 +20,7 @@ from ladd_jax.data.records import iter_records
 from ladd_jax.errors import LaddError
 from ladd_jax.export import widen_for_conditioning
 from ladd_jax.pipeline import SD3Pipeline
-from ladd_jax.toy.editing import MOVES, changed_pixels, sample_edits
+from ladd_jax.toy.editing import MOVES, changed_pixels, sample_edits, write_editing_folder
 from ladd_jax.toy.inpainting import write_inpainting_folder
 from ladd_jax.toy.world import ToyWorld, draw, parse_caption, scene_split
 
@@ -81,6 +81,19 @@ def test_inpainting_records_carry_the_masked_image_and_mask(inpaint_world):
         expected = make_cond("inpaint", pipe.encode_images, image, pipe.vae_scale_factor, mask)[0]
         np.testing.assert_allclose(record["cond"], expected, atol=1e-4)  # batch 4 vs 1: XLA rounds apart
         np.testing.assert_array_equal(record["cond"][..., -1:], latent_mask(mask, 4)[0])
+
+
+def test_editing_records_carry_the_source_latent(world, tmp_path):
+    items = write_editing_folder(WORLD, "test", 4, 0, tmp_path / "items")
+    encode_real(world["teacher"], items / "captions.jsonl", tmp_path / "records", batch_size=4, max_sequence_length=8)
+    pipe = SD3Pipeline.from_pretrained(world["teacher"])
+    lines = [json.loads(x) for x in (items / "captions.jsonl").read_text().splitlines()]
+    records = list(iter_records(tmp_path / "records"))
+    assert [r["prompt"] for r in records] == [line["prompt"] for line in lines]
+    sources = np.stack([load_image(items / line["source"], 64, 64) for line in lines])
+    targets = np.stack([load_image(items / line["image"], 64, 64) for line in lines])
+    np.testing.assert_allclose(np.stack([r["cond"] for r in records]), pipe.encode_images(sources), atol=1e-5)
+    np.testing.assert_allclose(np.stack([r["latent"] for r in records]), pipe.encode_images(targets), atol=1e-5)
 
 
 def test_widened_teacher_samples_exactly_as_before_and_needs_its_conditioning(inpaint_world):
@@ -166,3 +179,24 @@ def test_conditioned_pretrain_synth_ladd_and_sample(inpaint_world, tmp_path):
     assert cli.main([*args[:-2], "--out", str(tmp_path / "x.png"), "--edit", line["image"]]) == 2  # one kind
     text_to_image = [*args[:2], str(inpaint_world["teacher"]), *args[3:]]
     assert cli.main(text_to_image) == 2  # a text-to-image model cannot inpaint
+
+
+@pytest.mark.parametrize("kind", ["inpaint", "edit"])
+def test_measures_tell_the_answer_from_the_input(kind, tmp_path):
+    """The evaluation's references: the answer (original / edited render) scores perfectly, the input (the holed
+    render / the unedited source) does not."""
+    from ladd_jax.toy.conditioned_eval import measure, read_items
+    from ladd_jax.toy.evaluator import load_evaluator
+    from ladd_jax.toy.metrics import reference_stats
+
+    write = write_inpainting_folder if kind == "inpaint" else write_editing_folder
+    items = read_items(kind, write(WORLD, "train", 32, 5, tmp_path / "items"), "train", 32)
+    evaluator = load_evaluator()
+    reference = reference_stats(evaluator, 64, 1, split="train")
+    answer = measure(kind, items, items.answers, evaluator, reference)
+    given = measure(kind, items, items.inputs, evaluator, reference)
+    assert answer["alignment"] > 0.9 and answer["psnr_out"] > 80  # an exact copy outside the region
+    if kind == "edit":
+        assert answer["success"] == 1.0 and given["success"] == 0.0 and given["psnr_out"] > 80
+    else:
+        assert given["alignment"] < 0.5 < answer["alignment"] and given["fd"] > answer["fd"]
