@@ -95,6 +95,28 @@ def test_editing_records_carry_the_source_latent(world, tmp_path):
     np.testing.assert_allclose(np.stack([r["cond"] for r in records]), pipe.encode_images(sources), atol=1e-5)
     np.testing.assert_allclose(np.stack([r["latent"] for r in records]), pipe.encode_images(targets), atol=1e-5)
 
+    # `sample --edit` on a freshly widened model (zero conditioning weights) draws what the base model draws.
+    widened = widen_for_conditioning(world["teacher"], "edit", tmp_path / "widened")
+    common = ["--prompt", lines[0]["prompt"], "--steps", "2", "--cfg", "2", "--max-sequence-length", "8"]
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--model",
+                str(widened),
+                *common,
+                "--edit",
+                str(items / lines[0]["source"]),
+                "--out",
+                str(tmp_path / "edit.png"),
+            ]
+        )
+        == 0
+    )
+    assert cli.main(["sample", "--model", str(world["teacher"]), *common, "--out", str(tmp_path / "base.png")]) == 0
+    edited, base = (np.asarray(Image.open(tmp_path / f"{n}.png"), np.int16) for n in ("edit", "base"))
+    assert np.abs(edited - base).max() <= 1  # rounding to 8 bits
+
 
 def test_widened_teacher_samples_exactly_as_before_and_needs_its_conditioning(inpaint_world):
     base = SD3Pipeline.from_pretrained(inpaint_world["teacher"])
