@@ -248,19 +248,22 @@ def _sampler(
     return produce
 
 
+def _has_cond(prompts: str | Path) -> bool:
+    """Whether the prompts are a records folder holding conditioning latents."""
+    return Path(prompts).is_dir() and "cond" in read_manifest(prompts)["fields"]
+
+
 def cond_source(prompts: str | Path) -> Any:
     """The conditioning latents of a records folder given as the prompts (a RecordSource of its `cond`), or None
     for a prompts file or a folder without them."""
     from ladd_jax.data.loader import RecordSource
 
-    if not Path(prompts).is_dir() or "cond" not in read_manifest(prompts)["fields"]:
-        return None
-    return RecordSource(prompts, ("cond",))
+    return RecordSource(prompts, ("cond",)) if _has_cond(prompts) else None
 
 
 def _check_cond(config: SynthConfig, pipe: Any, latent_shape: tuple[int, ...]) -> tuple[int, ...] | None:
     """The records' cond shape, checked against the teacher (a conditioned teacher needs a conditioned folder)."""
-    if not Path(config.prompts).is_dir() or "cond" not in read_manifest(config.prompts)["fields"]:
+    if not _has_cond(config.prompts):
         if pipe.cond_channels:
             raise LaddError(
                 f"{config.model} is a conditioned model ({pipe.cond_channels} conditioning channels): give as prompts "
@@ -272,8 +275,9 @@ def _check_cond(config: SynthConfig, pipe: Any, latent_shape: tuple[int, ...]) -
     shape = tuple(read_manifest(config.prompts)["fields"]["cond"]["shape"])
     if shape != (*latent_shape[:2], pipe.cond_channels):
         raise LaddError(
-            f"{config.prompts}'s cond latents are {shape}; {config.model} at {config.height}x{config.width} needs "
-            f"{(*latent_shape[:2], pipe.cond_channels)}: encode the conditioning with this teacher's VAE at this size"
+            f"{config.prompts}'s cond latents are {shape}; {config.model} needs "
+            f"{(*latent_shape[:2], pipe.cond_channels)} at this size: encode the conditioning with this teacher's VAE "
+            "at the size synth samples"
         )
     return shape
 

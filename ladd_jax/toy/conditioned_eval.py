@@ -66,41 +66,26 @@ class Items:
 
 
 def read_items(kind: str, folder: str | Path, split: str, num: int) -> Items:
+    """The first `num` items of a folder written by toy/inpainting.py or toy/editing.py."""
+    from PIL import Image
+
     folder = Path(folder)
     lines = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines() if line.strip()]
     if len(lines) < num:
         raise LaddError(f"{folder} holds {len(lines)} items, fewer than the {num} asked for; write more")
     lines = lines[:num]
-    from PIL import Image
-
     with Image.open(folder / lines[0]["image"]) as first:
         size = first.height
-    answers = np.stack([load_image(folder / item["image"], size, size) for item in lines]) * 0.5 + 0.5
+    pixels = lambda key: np.stack([load_image(folder / item[key], size, size) for item in lines]) * 0.5 + 0.5
+    masks = lambda key: np.stack([load_mask(folder / item[key], size, size) for item in lines])
+    prompts, answers = [item["prompt"] for item in lines], pixels("image")
     if kind == "inpaint":
-        masks = np.stack([load_mask(folder / item["mask"], size, size) for item in lines])
-        inputs = np.where(masks[..., None] > 0, 0.5, answers)
-        return Items(
-            split,
-            [i["prompt"] for i in lines],
-            [i["prompt"] for i in lines],
-            inputs,
-            answers,
-            masks,
-            answers * 2 - 1,
-            ["inpaint"] * num,
-        )
-    sources = np.stack([load_image(folder / item["source"], size, size) for item in lines]) * 0.5 + 0.5
-    changed = np.stack([load_mask(folder / item["changed"], size, size) for item in lines])
-    return Items(
-        split,
-        [i["prompt"] for i in lines],
-        [i["caption"] for i in lines],
-        sources,
-        answers,
-        changed,
-        sources * 2 - 1,
-        [i["edit"] for i in lines],
-    )
+        region = masks("mask")
+        inputs = np.where(region[..., None] > 0, 0.5, answers)
+        return Items(split, prompts, prompts, inputs, answers, region, answers * 2 - 1, ["inpaint"] * num)
+    sources = pixels("source")
+    captions, edits = [item["caption"] for item in lines], [item["edit"] for item in lines]
+    return Items(split, prompts, captions, sources, answers, masks("changed"), sources * 2 - 1, edits)
 
 
 def psnr_outside(images: np.ndarray, reference: np.ndarray, region: np.ndarray) -> float:
