@@ -133,12 +133,10 @@ def test_widened_teacher_samples_exactly_as_before_and_needs_its_conditioning(in
         wide(["a", "b"], cond=cond[..., :16], **kw)
 
 
-def test_conditioned_pretrain_synth_ladd_and_sample(inpaint_world, tmp_path):
-    """The whole chain on the tiny teacher: fine-tune the widened teacher on the records (2 steps), sample it on
-    the records' conditioning (synth: records carry their cond; a latent equals the pipeline's own sample), distil
-    it with LADD (2 steps), and fill a hole with `ladd-jax sample --inpaint --mask`."""
-    from ladd_jax.train.export import export_workdir
-    from ladd_jax.train.loop import train_and_evaluate
+def test_conditioned_pretrain_synth_and_sample(inpaint_world, tmp_path):
+    """The chain on the tiny teacher: fine-tune the widened teacher on the records (2 steps), sample it on the
+    records' conditioning (synth: records carry their cond; a latent equals the pipeline's own sample), and fill a
+    hole with `ladd-jax sample --inpaint --mask`. (LADD on such records: tests/test_conditioning.py.)"""
     from ladd_jax.train.pretrain import pretrain
 
     c = load_config_file(ROOT / "configs" / "pretrain.py", "tiny")
@@ -168,17 +166,11 @@ def test_conditioned_pretrain_synth_ladd_and_sample(inpaint_world, tmp_path):
     with pytest.raises(LaddError, match="conditioned model"):
         tiny_synth(teacher, tmp_path / "prompts.txt", tmp_path / "no_cond")
 
-    ladd = load_config_file(ROOT / "configs" / "ladd.py", "tiny")
-    ladd.teacher, ladd.data, ladd.conditioned, ladd.max_sequence_length = str(teacher), str(tmp_path / "synth"), True, 8
-    ladd.total_steps, ladd.sample_every = 2, 0
-    train_and_evaluate(ladd, tmp_path / "ladd")
-    student = export_workdir(tmp_path / "ladd", tmp_path / "student", ema=True)
-
     line = json.loads((inpaint_world["items"] / "captions.jsonl").read_text().splitlines()[0])
     args = [
         "sample",
         "--model",
-        str(student),
+        str(teacher),
         "--prompt",
         line["prompt"],
         "--steps",
@@ -222,3 +214,25 @@ def test_measures_tell_the_answer_from_the_input(kind, tmp_path):
         assert answer["success"] == 1.0 and given["success"] == 0.0 and given["psnr_out"] > 80
     else:
         assert given["alignment"] < 0.5 < answer["alignment"] and given["fd"] > answer["fd"]
+
+
+@pytest.mark.slow  # 40 s; CI checks the conditioned step (tests/test_conditioning.py) and the chain above
+def test_conditioned_ladd_run_and_its_student_inpaints(inpaint_world, tmp_path):
+    from ladd_jax.train.export import export_workdir
+    from ladd_jax.train.loop import train_and_evaluate
+
+    teacher = inpaint_world["widened"]
+    tiny_synth(teacher, inpaint_world["records"], tmp_path / "synth", batch_size=4)
+    c = load_config_file(ROOT / "configs" / "ladd.py", "tiny")
+    c.teacher, c.data, c.conditioned, c.max_sequence_length = str(teacher), str(tmp_path / "synth"), True, 8
+    c.total_steps, c.sample_every = 2, 0
+    train_and_evaluate(c, tmp_path / "ladd")
+    student = export_workdir(tmp_path / "ladd", tmp_path / "student", ema=True)
+    line = json.loads((inpaint_world["items"] / "captions.jsonl").read_text().splitlines()[0])
+    args = ["sample", "--model", str(student), "--prompt", line["prompt"], "--steps", "1", "--cfg", "1"]
+    args += ["--max-sequence-length", "8", "--inpaint", str(inpaint_world["items"] / line["image"])]
+    args += ["--mask", str(inpaint_world["items"] / line["mask"]), "--out", str(tmp_path / "fill.png")]
+    assert cli.main(args) == 0
+    c.sample_every = 10
+    with pytest.raises(LaddError, match="sample_every=0"):
+        train_and_evaluate(c, tmp_path / "again")
