@@ -3,11 +3,12 @@
 #   1. 8192 train-split items (toy/inpainting.py: renders with box holes; toy/editing.py: source, instruction,
 #      edited render), VAE-encoded with their conditioning latents (`ladd-jax encode-real`: the records' cond)
 #   2. the shipped teacher widened to take the conditioning (`ladd-jax widen`: zero weights) and fine-tuned
-#      (`ladd-jax pretrain`, configs/pretrain.py:toy-KIND, 3000 steps of batch 32)
+#      (`ladd-jax pretrain`, configs/pretrain.py:toy-KIND, batch 32)
 #   3. 1024 other train-split items' conditioning -> the teacher's samples (`ladd-jax synth` on the records folder)
 #   4. LADD (configs/ladd.py:toy with config.conditioned) and its control (heads frozen at a random init)
 #   5. held-out items of both splits: teacher, teacher 1 step, student and control (toy/conditioned_eval.py)
-# On 2 CPU cores about 13 (fine-tuning) + 3 (synth) + 2 x 3 (LADD, control) + 3 (evaluation) minutes a kind.
+# On 2 CPU cores: fine-tuning about 13 minutes (inpaint, 3000 steps) or 26 (edit, 6000), then synth, LADD, the
+# control and the evaluation about 12 minutes.
 #
 #   bash launch/toy_conditioned.sh inpaint     # or edit; WORK=DIR to choose the working folder
 set -euo pipefail
