@@ -184,7 +184,7 @@ def evaluate(
     out = make_out_dir(out, "the evaluation's output folder")
     teacher = SD3Pipeline.from_pretrained(teacher_dir)
     evaluator = load_evaluator(evaluator_dir or ASSETS / "evaluator")
-    result: dict[str, Any] = dict(kind=kind, teacher=str(Path(teacher_dir).resolve()), rows={}, config={})
+    result: dict[str, Any] = dict(kind=kind, teacher=str(Path(teacher_dir).resolve()), rows={})
     result["students"] = {k: str(Path(v).resolve()) for k, v in students.items()}
     result["config"] = dataclasses.asdict(config)
     figures = []
@@ -205,17 +205,30 @@ def evaluate(
         figures.append(Figure(f"{split} split", path))
     result |= extra[0]
     result["seconds"] = time.perf_counter() - start
-    blocks = [*_tables(kind, result), *extra[1], *figures]
+    blocks = ["## What you are looking at", READING[kind], *_tables(kind, result), *extra[1], *figures]
     write_reports(Path(out), result, f"Toy {kind} teacher and students", blocks)
     return result
 
 
+READING = {
+    "inpaint": "Each model fills the grey hole of held-out renders (the prompt describes the whole picture); "
+    "every model starts from the same noise. fd: Frechet distance of the fill (the output's hole pasted into the "
+    "original) to real renders in the evaluator's features; alignment: share of those composites showing exactly "
+    "the caption's scene; psnr_out: PSNR (dB) of the raw output outside the hole against the original (100: an "
+    "exact copy). The answer row is the original render, the input row the holed image itself.",
+    "edit": "Each model edits held-out source renders as the instruction says; every model starts from the same "
+    "noise. success: the output is nearer the edited render than the source over the pixels the edit changes; "
+    "alignment: share of outputs showing exactly the edited scene's caption; psnr_out: PSNR (dB) outside the "
+    "changed pixels against the source (100: an exact copy); _move and _recolour: the two kinds of instruction. "
+    "The answer row is the edited render, the input row the unedited source.",
+}
+
+
 def _tables(kind: str, result: dict[str, Any]) -> list[str]:
     keys = ["fd", "alignment", "psnr_out"] if kind == "inpaint" else ["success", "alignment", "psnr_out"]
-    if kind == "edit":
-        keys += sorted(
-            k for k in next(iter(next(iter(result["rows"].values())).values())) if "_" in k and k not in keys
-        )
+    if kind == "edit":  # then the per-kind breakdown
+        first_split = next(iter(result["rows"].values()))
+        keys += sorted(k for k in next(iter(first_split.values())) if "_" in k and k not in keys)
     blocks = []
     for split, rows in result["rows"].items():
         head = "| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
