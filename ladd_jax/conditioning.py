@@ -14,7 +14,6 @@ inpainting pipelines read mask files.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +22,6 @@ from ladd_jax.errors import LaddError
 KINDS = ("inpaint", "edit")
 # The captions .jsonl key that names each item's conditioning file, per kind (`ladd-jax encode-real`).
 JSONL_KEYS = {"inpaint": "mask", "edit": "source"}
-MASK_THRESHOLD = 0.5  # a grey-level mask pixel above half is masked
 
 
 def cond_channels(kind: str, latent_channels: int) -> int:
@@ -64,17 +62,3 @@ def make_cond(
         raise LaddError(f"inpainting needs one mask [H, W] per image of {images.shape}; got masks of shape {got}")
     latents = np.asarray(encode(masked_images(images, masks)), np.float32)
     return np.concatenate([latents, latent_mask(masks, factor)], axis=-1)
-
-
-def load_mask(path: str | Path, height: int, width: int) -> np.ndarray:
-    """A mask image file (white = to be drawn) -> float32 [height, width] in {0, 1} (nearest resize)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as f:
-            mask = f.convert("L")
-    except (OSError, UnidentifiedImageError) as e:
-        raise LaddError(f"cannot read mask {path} ({e}); give a black-and-white image, white where to draw") from e
-    if mask.size != (width, height):
-        mask = mask.resize((width, height), Image.Resampling.NEAREST)
-    return (np.asarray(mask, np.float32) / 255.0 > MASK_THRESHOLD).astype(np.float32)

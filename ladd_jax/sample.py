@@ -58,8 +58,8 @@ def conditioning_request(args: argparse.Namespace) -> tuple[str, str, str | None
 
 def load_cond(pipe: Any, request: tuple[str, str, str | None], height: int, width: int) -> np.ndarray:
     """The conditioning latents [1, h, w, C] of an --inpaint/--edit request, checked against the model."""
-    from ladd_jax.conditioning import cond_channels, load_mask, make_cond
-    from ladd_jax.data.encode_real import load_image
+    from ladd_jax.conditioning import cond_channels, make_cond
+    from ladd_jax.data.encode_real import load_image, load_mask
 
     kind, image, mask = request
     for path in (image, mask):

@@ -37,9 +37,8 @@ def main() -> None:
     from ladd_jax.data.synth import run_synth
     from ladd_jax.pipeline import SD3Pipeline
     from ladd_jax.toy.components import read_toy_world
-    from ladd_jax.toy.editing import write_editing_folder
     from ladd_jax.toy.evaluator import load_evaluator
-    from ladd_jax.toy.inpainting import write_inpainting_folder
+    from ladd_jax.toy.items import WRITERS
     from ladd_jax.toy.metrics import reference_stats
     from ladd_jax.toy.report import Figure, training_curves
 
@@ -54,7 +53,7 @@ def main() -> None:
     config = CondEvalConfig()
     teacher_dir = work / "teacher"
     world = read_toy_world(teacher_dir)
-    write = write_inpainting_folder if kind == "inpaint" else write_editing_folder
+    write = WRITERS[kind]
     folders = {
         "distil": write(world, "train", args.synth_items, 1, work / "items_distil", overwrite=True),
         "curve": write(world, "test", 128, 3, work / "items_curve", overwrite=True),

@@ -19,7 +19,8 @@ TEACHER=ladd_jax/toy/assets/teacher
 OUT=ladd_jax/toy/assets/$KIND
 mkdir -p "$WORK"
 items() {  # SPLIT NUM SEED OUT
-  python -m ladd_jax.toy."${KIND}"ing --world "$TEACHER" --split "$1" --num "$2" --seed "$3" --out "$4" --overwrite
+  python -m ladd_jax.toy.items --kind "$KIND" --world "$TEACHER" --split "$1" --num "$2" --seed "$3" --out "$4" \
+    --overwrite
 }
 encode() {  # ITEMS OUT
   ladd-jax encode-real --model "$TEACHER" --images "$1/captions.jsonl" --out "$2" --max-sequence-length 16 \

@@ -13,9 +13,9 @@ from PIL import Image
 from test_train import ROOT
 
 from ladd_jax import cli
-from ladd_jax.conditioning import latent_mask, load_mask, make_cond, masked_images
+from ladd_jax.conditioning import latent_mask, make_cond, masked_images
 from ladd_jax.config_files import load_config_file
-from ladd_jax.data.encode_real import encode_real, load_image
+from ladd_jax.data.encode_real import encode_real, load_image, load_mask
 from ladd_jax.data.records import iter_records
 from ladd_jax.errors import LaddError
 from ladd_jax.export import widen_for_conditioning

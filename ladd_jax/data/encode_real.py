@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from ladd_jax.conditioning import cond_channels, load_mask, make_cond
+from ladd_jax.conditioning import cond_channels, make_cond
 from ladd_jax.data.records import STORE_DTYPES, check_output_folder, make_manifest, record_seeds, write_shards
 from ladd_jax.data.synth import TEXT_COMPONENTS, loaded_pipeline, pipeline_fingerprint
 from ladd_jax.errors import LaddError
 
 LATENT_KINDS = ("mean", "sample")
 PIXEL_MAX = 255.0
+MASK_THRESHOLD = 0.5  # a grey-level mask pixel above half is masked
 
 
 def read_captions(jsonl: str | Path) -> list[tuple[str, str]]:
@@ -91,15 +92,22 @@ def _encode_on(encode: Callable, params: Any, sharding: Any, images: np.ndarray)
     return encode(params, jax.device_put(images, sharding), np.zeros(len(images), np.int32))
 
 
-def load_image(path: Path, height: int, width: int) -> np.ndarray:
-    """An image file -> float32 [height, width, 3] in [-1, 1] (centre-cropped to the aspect ratio and resized)."""
+def _open_image(path: Path, mode: str, fix: str) -> Any:
+    """The image file converted to PIL `mode`, or one clear error saying `fix`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as f:
-            image = f.convert("RGB")
+            return f.convert(mode)
     except (OSError, UnidentifiedImageError) as e:
-        raise LaddError(f"cannot read image {path} ({e}); replace it or drop its line") from e
+        raise LaddError(f"cannot read image {path} ({e}); {fix}") from e
+
+
+def load_image(path: Path, height: int, width: int) -> np.ndarray:
+    """An image file -> float32 [height, width, 3] in [-1, 1] (centre-cropped to the aspect ratio and resized)."""
+    from PIL import Image
+
+    image = _open_image(path, "RGB", "replace it or drop its line")
     if image.size != (width, height):
         w, h = image.size
         scale = min(w / width, h / height)
@@ -107,6 +115,16 @@ def load_image(path: Path, height: int, width: int) -> np.ndarray:
         box = ((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)
         image = image.resize((width, height), Image.Resampling.BICUBIC, box=box)
     return np.asarray(image, np.float32) / (PIXEL_MAX / 2) - 1.0
+
+
+def load_mask(path: str | Path, height: int, width: int) -> np.ndarray:
+    """A mask image file (white = to be drawn) -> float32 [height, width] in {0, 1} (nearest resize)."""
+    from PIL import Image
+
+    mask = _open_image(Path(path), "L", "give a black-and-white image, white where the model is to draw")
+    if mask.size != (width, height):
+        mask = mask.resize((width, height), Image.Resampling.NEAREST)
+    return (np.asarray(mask, np.float32) / PIXEL_MAX > MASK_THRESHOLD).astype(np.float32)
 
 
 def encode_real(
@@ -173,23 +191,23 @@ def encode_real(
 
     cond_encode = vae_encode_fn(vae_config, dtype)  # conditioning latents are the posterior's mean, as sampling's
 
-    def conditioning_inputs(items: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
-        """(images to condition on, masks): the source images to edit, or the images and masks to inpaint."""
+    def conditioning_inputs(items: list[int], pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(images to condition on, masks): the source images to edit, or the items' own `pixels` and their masks
+        to inpaint."""
         if cond_kind == "edit":
             return np.stack([load_image(jsonl.parent / cond_paths[i], height, width) for i in items]), None
-        masks = np.stack([load_mask(jsonl.parent / cond_paths[i], height, width) for i in items])
-        return np.stack([load_image(jsonl.parent / pairs[i][0], height, width) for i in items]), masks
+        return pixels, np.stack([load_mask(jsonl.parent / cond_paths[i], height, width) for i in items])
 
     def produce(start: int, stop: int) -> Iterator[dict[str, Any]]:
         for lo in range(start, stop, per_call):
             items = list(range(lo, min(lo + per_call, stop)))
             padded = items + [items[-1]] * (per_call - len(items))  # one shape for every call
             seeds = record_seeds(seed, padded)
-            images = np.stack([load_image(jsonl.parent / pairs[i][0], height, width) for i in padded])
-            images, item_seeds = jax.device_put((images, seeds.astype(np.int32)), batched)
+            pixels = np.stack([load_image(jsonl.parent / pairs[i][0], height, width) for i in padded])
+            images, item_seeds = jax.device_put((pixels, seeds.astype(np.int32)), batched)
             arrays = {"latent": encode(vae_params, images, item_seeds)}
             if cond_kind is not None:
-                cond_images, masks = conditioning_inputs(padded)
+                cond_images, masks = conditioning_inputs(padded, pixels)
                 encode_mean = functools.partial(_encode_on, cond_encode, vae_params, batched)
                 arrays["cond"] = make_cond(cond_kind, encode_mean, cond_images, vae_config.downscale, masks)
             if text_embeddings:

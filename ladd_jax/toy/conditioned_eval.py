@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ladd_jax.conditioning import KINDS, check_kind, load_mask, make_cond
-from ladd_jax.data.encode_real import load_image
+from ladd_jax.conditioning import KINDS, check_kind, make_cond
+from ladd_jax.data.encode_real import load_image, load_mask
 from ladd_jax.errors import LaddError
 
 PIXEL_EPS = 1e-10  # keeps the PSNR of an exact copy finite

@@ -10,12 +10,11 @@ the pixels an edit changes are known: `changed` marks them (every pixel where so
 preservation is measured outside them. Split: "test" when the source or the target shows a held-out (colour,
 shape) pair, so test edits ask for combinations the teacher never saw.
 
-    python -m ladd_jax.toy.editing --world TEACHER_FOLDER --split train --num 8192 --seed 0 --out DIR
+    python -m ladd_jax.toy.items --kind edit --world TEACHER_FOLDER --split train --num 8192 --out DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -130,22 +129,3 @@ def write_editing_folder(
             lines.append(json.dumps(item))
         (tmp / "captions.jsonl").write_text("".join(line + "\n" for line in lines))
     return out_dir
-
-
-def main(argv: list[str] | None = None) -> None:
-    from ladd_jax.toy.components import read_toy_world
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--world", required=True, help="a toy pipeline folder (its toy_world.json)")
-    p.add_argument("--split", choices=("train", "test"), required=True)
-    p.add_argument("--num", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-    out = write_editing_folder(read_toy_world(args.world), args.split, args.num, args.seed, args.out, args.overwrite)
-    print(f"wrote {args.num} {args.split} edits to {out}")
-
-
-if __name__ == "__main__":
-    main()

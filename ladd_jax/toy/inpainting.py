@@ -5,12 +5,11 @@ picture) and a mask: with probability `object_prob` a box over one of the scene'
 (the model must redraw what the caption says is there), else a box anywhere (often background, sometimes part of
 an object). Boxes lie on the VAE's latent grid (`cell` pixels), so the pixel hole and the latent mask coincide.
 
-    python -m ladd_jax.toy.inpainting --world TEACHER_FOLDER --split train --num 8192 --seed 0 --out DIR
+    python -m ladd_jax.toy.items --kind inpaint --world TEACHER_FOLDER --split train --num 8192 --out DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -92,22 +91,3 @@ def write_inpainting_folder(
             lines.append(json.dumps({"image": image, "prompt": captions[i], "mask": mask}))
         (tmp / "captions.jsonl").write_text("".join(line + "\n" for line in lines))
     return out_dir
-
-
-def main(argv: list[str] | None = None) -> None:
-    from ladd_jax.toy.components import read_toy_world
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--world", required=True, help="a toy pipeline folder (its toy_world.json)")
-    p.add_argument("--split", choices=("train", "test"), required=True)
-    p.add_argument("--num", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-    out = write_inpainting_folder(read_toy_world(args.world), args.split, args.num, args.seed, args.out, args.overwrite)
-    print(f"wrote {args.num} {args.split} inpainting items to {out}")
-
-
-if __name__ == "__main__":
-    main()
