@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Rebuilds the toy world's shipped checkpoints (ladd_jax/toy/assets/): the evaluator, then an SD3-layout folder
-# with a trained VAE, tiny random-frozen text encoders and an MMDiT teacher pretrained with the rectified-flow
-# objective on VAE-encoded renders of the train split, in four stages (configs/pretrain.py says why):
+# Rebuilds the toy world's shipped checkpoints (ladd_jax/toy/assets/): the evaluators (64x64, 48x80, 80x48), then
+# an SD3-layout folder with a trained VAE, tiny random-frozen text encoders and an MMDiT teacher pretrained with the
+# rectified-flow objective on VAE-encoded renders of the train split, in four stages (configs/pretrain.py says why):
 #   toy           3000 steps of batch 32 on 4096 renders, lr 3e-4 constant, t ~ logit-normal(0, 1)
 #   toy-continue  3000 steps on 16384 renders, lr 1e-3 on a 10000-step cosine, t ~ logit-normal(0, 1)
 #   toy-shift     8000 steps on the same renders from toy-continue's raw params, lr 1e-3 cosine,
 #                 t ~ logit-normal(1.1, 1) (SD3's shift 3); the scheduler samples with shift 3
 #   toy-refine    12000 steps on the same renders from toy-shift's raw params, lr 5e-4 cosine, the same t
-# On 2 CPU cores: evaluator ~6 min, components + renders + encoding ~5 min, then 3.4 pretraining steps/s:
+# On 2 CPU cores: evaluators ~6 + 2 x 4 min, components + renders + encoding ~5 min, then 3.4 pretraining steps/s:
 # about 15 + 15 + 40 + 60 minutes. The shipped teacher was made so (stage 1 in an earlier session).
 #
-#   bash launch/make_toy_world.sh            # writes ladd_jax/toy/assets/{evaluator,teacher}
+#   bash launch/make_toy_world.sh            # writes ladd_jax/toy/assets/{evaluator*,teacher,...}
 #   WORK=/tmp/toy bash launch/make_toy_world.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,9 @@ pretrain() {  # VARIANT MODEL DATA OUT
 }
 
 ladd-jax toy-evaluator --out "$ASSETS/evaluator" --overwrite
+for bucket in 48x80 80x48; do  # the multi-aspect demo's other buckets: an evaluator reads one image size
+  ladd-jax toy-evaluator --out "$ASSETS/evaluator_$bucket" --bucket "$bucket" --overwrite
+done
 ladd-jax toy-components --out "$WORK/sd3_untrained" --overwrite
 render_and_encode 4096 "$WORK/real_4096"
 render_and_encode 16384 "$WORK/real_16384"

@@ -66,3 +66,26 @@ def test_unwritable_output_folder_is_one_clear_error(capsys):
     assert main(["demo", "--out", "/proc/x", "--quick"]) == 2
     err = capsys.readouterr().err
     assert "cannot write the demo's output folder /proc/x" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_multi_aspect_demo_measures_every_bucket_at_its_size(tmp_path):
+    from PIL import Image
+
+    result = run_demo(tmp_path, DemoConfig(**QUICK, multi_aspect=True, control=False))
+    assert list(result["buckets"]) == ["64x64", "48x80", "80x48"]
+    assert result["buckets"]["64x64"]["rows"] == result["rows"]  # the square bucket is the main table
+    for name, measured in result["buckets"].items():
+        assert [(r["model"], r["steps"]) for r in measured["rows"]] == [
+            (r["model"], r["steps"]) for r in result["rows"]
+        ]
+        for r in measured["rows"]:
+            for split in ("train", "test"):
+                assert r[f"fd_{split}"] >= 0 and 0 <= r[f"alignment_{split}"] <= 1
+        assert all(measured["real_renders"][split]["alignment"] >= 0.9 for split in ("train", "test")), name
+    md = (tmp_path / "report.md").read_text()
+    assert "## Per bucket" in md and "**48x80** (height x width)" in md and "grid_buckets.png" in md
+    # The 48x80 grids: a real render, then every row, each column one 48x80 sample drawn at twice its size.
+    files = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![48x80, ")]
+    assert len(files) == 2 * QUICK["grid_prompts"], md
+    assert Image.open(tmp_path / files[0]).width == 2 * 80 * (len(result["rows"]) + 1)

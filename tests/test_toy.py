@@ -11,11 +11,13 @@ from PIL import Image
 from ladd_jax.cli import main
 from ladd_jax.errors import LaddError
 from ladd_jax.toy.world import (
+    RELATION_GEOMETRY,
     Obj,
     Scene,
     ToyWorld,
     is_held_out,
     parse_caption,
+    place,
     render,
     render_dataset,
     sample_scenes,
@@ -24,6 +26,7 @@ from ladd_jax.toy.world import (
 )
 
 WORLD = ToyWorld()
+BUCKETS = ((48, 80), (80, 48))  # the toy world's multi-aspect buckets besides 64x64 (data/buckets.py)
 CHECK_IMAGES = 512  # per set in the evaluator and metric tests: enough for stable 128-dim feature statistics
 
 
@@ -94,6 +97,31 @@ def test_world_round_trips_json_and_rejects_bad_settings():
         ToyWorld(size_ranges=((0.08, 0.11), (0.2, 0.3)))
 
 
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_every_scene_fits_a_bucket_with_its_relation_and_size_words_intact(bucket):
+    world = WORLD.at_bucket(bucket)
+    assert world.shape == bucket and WORLD.at_bucket((64, 64)) == WORLD and world.unit == np.sqrt(48 * 80)
+    assert ToyWorld.from_dict(json.loads(json.dumps(world.to_dict()))) == world
+    assert render_dataset(world, "test", 3, seed=0, progress=False)[0].shape == (3, *bucket, 3)
+    radii = {size: [] for size in world.sizes}
+    for i, scene in enumerate(all_scenes(world)):
+        placed = place(world, scene, seed=i)
+        for p in placed:
+            (y, x), r = p.center, p.r
+            assert r <= y <= bucket[0] - r and r <= x <= bucket[1] - r, (scene.caption(), p)
+            radii[p.obj.size].append(r)
+        if len(placed) == 1:  # nothing to fit: the size word's range of the pixel budget's side
+            lo, hi = world.size_ranges[world.sizes.index(scene.objects[0].size)]
+            assert lo * world.unit <= placed[0].r <= hi * world.unit
+            continue
+        axis, first_leads = RELATION_GEOMETRY[scene.relation]
+        lead, trail = placed if first_leads else placed[::-1]
+        gap = trail.center[axis] - lead.center[axis] - lead.r - trail.r
+        assert gap > 0 and abs(lead.center[1 - axis] - trail.center[1 - axis]) <= 2 * world.cross_jitter * world.unit
+    # Scenes shrunk to fit stay legible: every large object is larger than every small one.
+    assert max(radii["small"]) < min(radii["large"])
+
+
 def test_image_folder_and_prompt_file(tmp_path):
     folder = write_image_folder(WORLD, "test", 5, seed=1, out_dir=tmp_path / "real")
     lines = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
@@ -129,6 +157,31 @@ def test_shipped_evaluator_reads_fresh_renders(evaluator):
     assert sum(np.size(p) for p in jax.tree.leaves(evaluator.params)) < 250_000  # < 1 MB in float32
     for split, acc in measure_accuracy(evaluator, CHECK_IMAGES // 2, seed=98765).items():
         assert acc["all"] >= 0.98, (split, acc)
+
+
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_shipped_bucket_evaluators_read_fresh_renders_of_their_bucket(bucket):
+    from ladd_jax.toy.evaluator import DEFAULT_DIR, load_bucket_evaluator, measure_accuracy
+
+    evaluator = load_bucket_evaluator(DEFAULT_DIR, WORLD.at_bucket(bucket))
+    assert evaluator.world.shape == bucket
+    for split, acc in measure_accuracy(evaluator, CHECK_IMAGES // 2, seed=98765).items():
+        assert acc["all"] >= 0.98, (split, acc)
+    with pytest.raises(LaddError, match=r"toy-evaluator --bucket"):
+        evaluator.run(np.zeros((1, 64, 64, 3), np.uint8))
+
+
+def test_bucket_evaluator_missing_or_of_another_world_is_one_clear_error(tmp_path):
+    import shutil
+
+    from ladd_jax.toy.evaluator import DEFAULT_DIR, load_bucket_evaluator
+
+    with pytest.raises(LaddError, match=r"no evaluator for 48x80 images .*BUCKET=48x80"):
+        load_bucket_evaluator(tmp_path / "evaluator", WORLD.at_bucket((48, 80)))
+    shutil.copytree(DEFAULT_DIR.with_name("evaluator_80x48"), tmp_path / "evaluator_48x80")
+    with pytest.raises(LaddError, match="another toy world"):
+        load_bucket_evaluator(tmp_path / "evaluator", WORLD.at_bucket((48, 80)))
+    assert load_bucket_evaluator(DEFAULT_DIR, WORLD).world == WORLD  # the square world: the folder itself
 
 
 def blur(images, passes):

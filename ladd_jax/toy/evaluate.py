@@ -67,15 +67,24 @@ def require_pipeline_folder(folder: Path, what: str, fix: str) -> None:
 
 class Sampler:
     """Samples a fixed set of prompts, all rows from the same initial noise, with any transformer params (and a
-    conditioned model's `cond` latents, one per prompt)."""
+    conditioned model's `cond` latents, one per prompt), at the model's square size or `shape` (height, width)."""
 
-    def __init__(self, pipe: Any, prompts: list[str], seeds: list[int], msl: int, cfg: float, cond: Any = None):
+    def __init__(
+        self,
+        pipe: Any,
+        prompts: list[str],
+        seeds: list[int],
+        msl: int,
+        cfg: float,
+        cond: Any = None,
+        shape: tuple[int, int] | None = None,
+    ):
         from ladd_jax.flow import cfg_combine, denoise
 
         self.pipe, self.prompts, self.msl, self.cond = pipe, prompts, msl, cond
         size = pipe.transformer_config.sample_size * pipe.vae_scale_factor
-        self.size = size
-        self.noise = pipe.initial_latents(len(prompts), size, size, seed=seeds)
+        self.height, self.width = shape or (size, size)
+        self.noise = pipe.initial_latents(len(prompts), self.height, self.width, seed=seeds)
         embeds, neg, pooled, neg_pooled = pipe.encode_prompt(prompts, max_sequence_length=msl)
         both = (jnp.concatenate([neg, embeds]), jnp.concatenate([neg_pooled, pooled]))
 
@@ -88,7 +97,7 @@ class Sampler:
         self._x0 = x0
 
     def few_step(self, params: Any, steps: int, guidance: float = 1.0) -> np.ndarray:
-        """Images [N, S, S, 3] in [0, 1] from the LADD student sampler (t = 1, 1 - 1/n, ...; re-noised between)."""
+        """Images [N, H, W, 3] in [0, 1] from the LADD student sampler (t = 1, 1 - 1/n, ...; re-noised between)."""
         from ladd_jax.flow import sample_student, student_timesteps
 
         fn = lambda x, t: self._x0(params, x, t, guidance)
@@ -100,8 +109,8 @@ class Sampler:
             self.prompts,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            height=self.size,
-            width=self.size,
+            height=self.height,
+            width=self.width,
             latents=self.noise,
             max_sequence_length=self.msl,
             cond=self.cond,
@@ -171,7 +180,7 @@ def evaluate_students(
         prompts = [s.caption() for s in grid_scenes for _ in range(config.grid_seeds)]
         n_grid = len(prompts)
         prompts += [s.caption() for s in scenes]
-        sampler = Sampler(teacher, prompts, list(range(len(prompts))), msl, config.cfg)
+        sampler = Sampler(teacher, prompts, list(range(len(prompts))), msl, config.cfg, shape=world.shape)
         measure = Measure(evaluator, split, prompts[n_grid:], config.reference_images, config.seed + 3 + i)
         columns = []
         for key in tqdm(plan, desc=f"evaluate {split}", unit="row"):

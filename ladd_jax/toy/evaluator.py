@@ -92,7 +92,7 @@ def make_net(world: ToyWorld, config: EvaluatorConfig) -> EvaluatorNet:
 
 
 def init_params(net: EvaluatorNet, world: ToyWorld, key: jax.Array) -> Any:
-    return net.init(key, jnp.zeros((1, world.image_size, world.image_size, 3)))["params"]
+    return net.init(key, jnp.zeros((1, *world.shape, 3)))["params"]
 
 
 def scene_labels(world: ToyWorld, scenes: list[Scene]) -> dict[str, np.ndarray]:
@@ -151,10 +151,13 @@ class Evaluator:
     params: Any
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(features float32 [N, hidden], predicted labels) of uint8 or [0, 1] float images [N, S, S, 3]."""
-        images, size = np.asarray(images), self.world.image_size
-        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
-            raise LaddError(f"the evaluator reads images [N, {size}, {size}, 3], got {images.shape}")
+        """(features float32 [N, hidden], predicted labels) of uint8 or [0, 1] float images [N, H, W, 3]."""
+        images, (height, width) = np.asarray(images), self.world.shape
+        if images.ndim != 4 or images.shape[1:] != (height, width, 3):
+            raise LaddError(
+                f"the evaluator reads images [N, {height}, {width}, 3], got {images.shape}; images of another size "
+                "need the evaluator trained at it (`ladd-jax toy-evaluator --bucket HxW`)"
+            )
         net = make_net(self.world, self.config)
         features, labels = [], []
         for i in range(0, len(images), INFERENCE_BATCH):
@@ -309,3 +312,19 @@ def load_evaluator(folder: str | Path = DEFAULT_DIR) -> Evaluator:
     except (ValueError, KeyError) as e:
         raise LaddError(f"{params_path} does not match {folder / CONFIG_FILE} ({e}); {fix}") from e
     return Evaluator(world, config, jax.tree.map(jnp.asarray, params))
+
+
+def load_bucket_evaluator(folder: str | Path, world: ToyWorld) -> Evaluator:
+    """The evaluator of `world` as drawn at its bucket: `folder` (the square world's) itself for the square world,
+    else the folder beside it named for the bucket (evaluator_48x80 beside evaluator)."""
+    folder = Path(folder)
+    height, width = world.shape
+    if world.bucket is not None:
+        folder = folder.with_name(f"{folder.name}_{height}x{width}")
+    fix = f"train it with `BUCKET={height}x{width} OUT={folder} bash launch/toy_evaluator.sh`"
+    if not folder.is_dir():
+        raise LaddError(f"no evaluator for {height}x{width} images at {folder}; {fix}")
+    evaluator = load_evaluator(folder)
+    if evaluator.world != world:
+        raise LaddError(f"the evaluator {folder} reads another toy world than the one measured here; {fix}")
+    return evaluator

@@ -15,8 +15,15 @@ blue triangles and yellow crosses; every colour and every shape still occurs in 
 not). The two splits therefore share no scene and no caption.
 
 Rendering draws each shape inside a square of half-extent r (r uniform within its size word's range, as a
-fraction of the image side), anti-aliased by supersampling, on a fixed background. Two-object scenes place the
-objects apart along the relation's axis with a small offset across it, so the relation is never ambiguous.
+fraction of the image's unit length), anti-aliased by supersampling, on a fixed background. Two-object scenes place
+the objects apart along the relation's axis with a small offset across it, so the relation is never ambiguous.
+
+The image is image_size pixels square, or of a multi-aspect bucket's size (height, width) (`ToyWorld.at_bucket`).
+The unit length is sqrt(height * width), the pixel budget's side (the side itself for a square): an object keeps its
+size in pixels across buckets, as in a multi-aspect model whose buckets share a pixel count. A scene too long for
+its relation's axis (two large objects above each other in a 48-pixel-high image) is drawn at the largest unit
+with which it fits, so the relation stays unambiguous and every object stays whole; in a square image of the
+world's checked settings every scene fits at the full unit.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ SHAPES = ("circle", "square", "triangle", "cross")
 SQUARE_HALF_SIDE = 0.8  # a square filling the whole box looks much bigger than a circle of the same r
 TRIANGLE_BASE = 0.8
 CROSS_ARM_HALF_WIDTH = 0.34
+FIT_SLACK = 1e-9  # a scene drawn at exactly its tightest unit could get an empty range from float rounding
 _RENDER_STREAM = 1 << 20  # keeps render seeds apart from sample_scenes' [seed, split index] streams
 
 
@@ -73,6 +81,7 @@ class ToyWorld:
     """The grammar and the rendering settings, all as data (JSON-serialisable with `to_dict`)."""
 
     image_size: int = 64
+    bucket: tuple[int, int] | None = None  # (height, width) of a multi-aspect bucket; None: image_size square
     shapes: tuple[str, ...] = SHAPES
     colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "white")
     palette: tuple[tuple[int, int, int], ...] = (
@@ -115,11 +124,29 @@ class ToyWorld:
                 raise LaddError(f"ToyWorld: held-out pair ({color!r}, {shape!r}) is not in the vocabulary")
         if len(self.held_out) >= len(self.colors) * len(self.shapes):
             raise LaddError("ToyWorld: every (colour, shape) pair is held out, so the train split would be empty")
+        if self.bucket is not None and (len(self.bucket) != 2 or min(self.bucket) < 1):
+            raise LaddError(f"ToyWorld: bucket {self.bucket} is not (height, width) in pixels, e.g. (48, 80)")
         largest = max(hi for _, hi in self.size_ranges)
         if 2 * self.margin + 4 * largest + self.gap > 1.0:
             raise LaddError("ToyWorld: two of the largest objects plus margins and gap do not fit in the image")
         if self.margin + largest + self.cross_jitter > 0.5:
             raise LaddError("ToyWorld: the largest object plus margin and cross jitter exceeds half the image")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the images in pixels."""
+        return tuple(self.bucket) if self.bucket is not None else (self.image_size, self.image_size)
+
+    @property
+    def unit(self) -> float:
+        """The length that sizes, margins, gaps and jitter are fractions of: the pixel budget's side."""
+        height, width = self.shape
+        return float(np.sqrt(height * width))
+
+    def at_bucket(self, bucket: tuple[int, int]) -> ToyWorld:
+        """The same world drawn at a bucket's (height, width); (image_size, image_size) gives the square world."""
+        bucket = (int(bucket[0]), int(bucket[1]))
+        return dataclasses.replace(self, bucket=None if bucket == (self.image_size,) * 2 else bucket)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -236,32 +263,49 @@ def _caption_pattern(world: ToyWorld) -> re.Pattern:
     return re.compile(f"{obj}(?: {alt(world.relations)} {obj})?")
 
 
-def _layout(world: ToyWorld, scene: Scene, radii: list[float], rng: np.random.Generator) -> list[tuple[float, float]]:
+def _scene_unit(world: ToyWorld, scene: Scene, fractions: list[float]) -> float:
+    """The world's unit, or less where the scene would not fit with it (see the module's docstring)."""
+    height, width = world.shape
+    m, j = world.margin, world.cross_jitter
+    fits = [world.unit] + [min(height, width) / (2 * (f + m)) for f in fractions]  # each object alone inside
+    if len(scene.objects) == 2:
+        axis, _ = RELATION_GEOMETRY[scene.relation]
+        along, across = (height, width) if axis == 0 else (width, height)
+        fits.append(along / (2 * sum(fractions) + world.gap + 2 * m))  # both apart by the gap, inside the margins
+        fits.append(across / (2 * (max(fractions) + m + j)))  # the shared centre line's range is not empty
+    return min(fits[0], min(fits[1:]) * (1 - FIT_SLACK))
+
+
+def _layout(
+    world: ToyWorld, scene: Scene, radii: list[float], unit: float, rng: np.random.Generator
+) -> list[tuple[float, float]]:
     """Centres (y, x) in pixels for the scene's objects, all inside the image and the relation unambiguous."""
-    s, margin = world.image_size, world.margin * world.image_size
+    height, width = world.shape
+    margin = world.margin * unit
     if len(scene.objects) == 1:
         r = radii[0]
-        return [(rng.uniform(r + margin, s - r - margin), rng.uniform(r + margin, s - r - margin))]
+        return [(rng.uniform(r + margin, height - r - margin), rng.uniform(r + margin, width - r - margin))]
     axis, first_leads = RELATION_GEOMETRY[scene.relation]
+    along_size, across_size = (height, width) if axis == 0 else (width, height)
     r_lead, r_trail = radii if first_leads else radii[::-1]
     # Along the axis: the leading object's centre, then the distance to the trailing one (at least touching + gap).
-    lo, hi = r_lead + margin, s - r_trail - margin
-    dist = rng.uniform(r_lead + r_trail + world.gap * s, hi - lo)
+    lo, hi = r_lead + margin, along_size - r_trail - margin
+    dist = rng.uniform(r_lead + r_trail + world.gap * unit, hi - lo)
     lead = rng.uniform(lo, hi - dist)
     along = [lead, lead + dist] if first_leads else [lead + dist, lead]
     # Across the axis: a shared centre line, each object moved off it by a little.
-    jitter, r_max = world.cross_jitter * s, max(radii)
-    line = rng.uniform(r_max + margin + jitter, s - r_max - margin - jitter)
+    jitter, r_max = world.cross_jitter * unit, max(radii)
+    line = rng.uniform(r_max + margin + jitter, across_size - r_max - margin - jitter)
     across = [line + rng.uniform(-jitter, jitter) for _ in radii]
     return [(a, c) if axis == 0 else (c, a) for a, c in zip(along, across, strict=True)]
 
 
 def _draw(canvas: np.ndarray, world: ToyWorld, shape: str, center: tuple[float, float], r: float, rgb: np.ndarray):
-    """Blends one anti-aliased shape into `canvas` (float [S, S, 3]), touching only its bounding box."""
-    s, ss = world.image_size, world.supersample
+    """Blends one anti-aliased shape into `canvas` (float [H, W, 3]), touching only its bounding box."""
+    (height, width), ss = world.shape, world.supersample
     cy, cx = center
-    y0, y1 = max(int(np.floor(cy - r)) - 1, 0), min(int(np.ceil(cy + r)) + 1, s)
-    x0, x1 = max(int(np.floor(cx - r)) - 1, 0), min(int(np.ceil(cx + r)) + 1, s)
+    y0, y1 = max(int(np.floor(cy - r)) - 1, 0), min(int(np.ceil(cy + r)) + 1, height)
+    x0, x1 = max(int(np.floor(cx - r)) - 1, 0), min(int(np.ceil(cx + r)) + 1, width)
     offsets = (np.arange(ss) + 0.5) / ss  # sample positions inside a pixel
     ys = (np.arange(y0, y1)[:, None] + offsets).reshape(-1)
     xs = (np.arange(x0, x1)[:, None] + offsets).reshape(-1)
@@ -288,12 +332,13 @@ class Placed:
 def place(world: ToyWorld, scene: Scene, seed: int) -> list[Placed]:
     """The scene's objects with the sizes, positions and colour jitter `render(world, scene, seed)` draws."""
     rng = np.random.default_rng(seed)
-    s = world.image_size
-    radii = []
+    fractions = []
     for obj in scene.objects:
         lo, hi = world.size_ranges[world.sizes.index(obj.size)]
-        radii.append(rng.uniform(lo, hi) * s)
-    centers = _layout(world, scene, radii, rng)
+        fractions.append(rng.uniform(lo, hi))
+    unit = _scene_unit(world, scene, fractions)
+    radii = [f * unit for f in fractions]
+    centers = _layout(world, scene, radii, unit, rng)
     placed = []
     for obj, center, r in zip(scene.objects, centers, radii, strict=True):
         jitter = tuple(int(j) for j in rng.integers(-world.color_jitter, world.color_jitter + 1, size=3))
@@ -302,9 +347,8 @@ def place(world: ToyWorld, scene: Scene, seed: int) -> list[Placed]:
 
 
 def draw(world: ToyWorld, placed: Sequence[Placed]) -> np.ndarray:
-    """uint8 [S, S, 3]: the placed objects, in order, on the background."""
-    s = world.image_size
-    canvas = np.empty((s, s, 3), np.float64)
+    """uint8 [H, W, 3]: the placed objects, in order, on the background."""
+    canvas = np.empty((*world.shape, 3), np.float64)
     canvas[...] = world.background
     for p in placed:
         _draw(canvas, world, p.obj.shape, p.center, p.r, p.rgb(world))
@@ -312,7 +356,7 @@ def draw(world: ToyWorld, placed: Sequence[Placed]) -> np.ndarray:
 
 
 def render(world: ToyWorld, scene: Scene, seed: int) -> np.ndarray:
-    """uint8 [S, S, 3] picture of the scene; the jitter of sizes, positions and colours depends only on `seed`."""
+    """uint8 [H, W, 3] picture of the scene; the jitter of sizes, positions and colours depends only on `seed`."""
     return draw(world, place(world, scene, seed))
 
 
@@ -324,9 +368,9 @@ def image_seeds(seed: int, num: int) -> np.ndarray:
 def render_dataset(
     world: ToyWorld, split: str, num: int, seed: int, progress: bool = True
 ) -> tuple[np.ndarray, list[str], list[Scene]]:
-    """(images uint8 [N, S, S, 3], captions, scenes) of `num` scenes of the split."""
+    """(images uint8 [N, H, W, 3], captions, scenes) of `num` scenes of the split."""
     scenes = sample_scenes(world, split, num, seed)
-    images = np.empty((num, world.image_size, world.image_size, 3), np.uint8)
+    images = np.empty((num, *world.shape, 3), np.uint8)
     seeds = image_seeds(seed, num)
     for i in tqdm(range(num), desc=f"render {split}", disable=not progress, leave=False):
         images[i] = render(world, scenes[i], int(seeds[i]))
