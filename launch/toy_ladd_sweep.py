@@ -9,8 +9,9 @@ every EVAL_EVERY steps, beside D accuracy and the logit gap. Each run's EMA stud
         --run lcm@lcm:toy= --run mse@d2g:toy-mse= --run add@add:toy=features=runs/pixel_features
 
 Each --run is NAME[@FILE:VARIANT]=KEY=VALUE,KEY=VALUE: configs/FILE.py:VARIANT (default ladd:toy), values Python
-literals, nested keys with dots. The synthetic data (512 train-split prompts, the demo's settings) is made once in
-OUT/synth. Prints one JSON line per run and writes OUT/sweep.json and OUT/curves.png (every run's curves).
+literals, nested keys with dots. The synthetic data (--synth-prompts train-split prompts, 512 as in the demo, with
+the demo's sampling settings) is made once in OUT/synth. Prints one JSON line per run and writes OUT/sweep.json
+and OUT/curves.png (every run's curves).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main() -> None:
     ap.add_argument("--teacher", default=str(ASSETS / "teacher"))
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--synth-prompts", type=int, default=DemoConfig().synth_prompts, help="synthetic latents")
     ap.add_argument("--eval-prompts", type=int, default=128)
     ap.add_argument("--split", default="test", help="the split of the measured prompts (other scenes than the data's)")
     ap.add_argument("--run", action="append", required=True)
@@ -72,7 +74,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     teacher = SD3Pipeline.from_pretrained(args.teacher)
     world, evaluator = read_toy_world(args.teacher), load_evaluator(demo.evaluator)
-    prompts = write_prompts(world, "train", demo.synth_prompts, 0, out / "prompts.txt", overwrite=True)
+    prompts = write_prompts(world, "train", args.synth_prompts, 0, out / "prompts.txt", overwrite=True)
     run_synth(
         model=args.teacher,
         prompts=str(prompts),
