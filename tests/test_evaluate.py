@@ -53,8 +53,11 @@ def test_report_files_rows_and_paths(report):
     md = (report / "report.md").read_text()
     assert "| a | 1 | 1 |" in md and "| b | 1 | 1 |" in md and "| real renders (floor) |" in md
     assert "What you are looking at" in md and "](grid_1.png)" in md and "Targets" not in md
+    assert "Where alignment is lost" in md and "| a | 1 | 1 | " in md.split("Where alignment is lost")[1]
+    for r in rows.values():
+        assert r["attributes_train"]["all"] == r["alignment_train"] and "shape" in r["attributes_test"]
     page = (report / "report.html").read_text()
-    assert page.count("<tbody") == 4  # teacher, a, b, the floor: one group per model
+    assert page.count("<tbody") == 8  # teacher, a, b, the floor: one group per model, in both tables
     assert "src='grid_0.png'" in page
 
 

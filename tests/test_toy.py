@@ -223,6 +223,30 @@ def test_alignment_of_renders_with_their_captions(evaluator, real_test_renders):
         alignment(evaluator, images, captions[:-1])
 
 
+def test_measure_reads_fd_alignment_and_attributes_in_one_pass(evaluator, real_test_renders):
+    from ladd_jax.toy.evaluate import Measure
+    from ladd_jax.toy.metrics import alignment
+
+    images, captions = real_test_renders
+    shuffled = list(np.random.default_rng(1).permutation(captions))
+    measured = {}
+    for name, x, caps in (
+        ("clean", images, captions),
+        ("shuffled", images, shuffled),
+        ("blurred", blur(images, 8), captions),
+    ):
+        m = Measure(evaluator, "test", caps, reference_images=256, seed=5)(x)
+        assert m["alignment"] == alignment(evaluator, x, caps) == m["attributes"]["all"], name
+        measured[name] = m["attributes"]
+    assert 0.2 < measured["blurred"]["all"] < 0.9  # the equality above was checked away from 0 and 1 too
+    assert set(measured["clean"]) == {"count", "axis", "shape", "color", "size", "all", "one_object", "two_objects"}
+    assert min(measured["clean"].values()) >= 0.97
+    one = [parse_caption(WORLD, c).objects for c in captions]
+    share_one = np.mean([len(o) == 1 for o in one])
+    whole = measured["shuffled"]
+    assert whole["all"] == pytest.approx(share_one * whole["one_object"] + (1 - share_one) * whole["two_objects"])
+
+
 def test_evaluator_trains_saves_and_loads(tmp_path):
     from ladd_jax.toy.evaluator import EvaluatorConfig, TrainConfig, load_evaluator, train_evaluator
 

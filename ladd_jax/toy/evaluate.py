@@ -118,19 +118,30 @@ class Sampler:
 
 
 class Measure:
-    """FD (against real renders of a split) and alignment of images for a fixed list of prompts."""
+    """FD (against real renders of a split), alignment and per-attribute accuracy of images for a fixed list of
+    prompts, from one pass of the evaluator."""
 
     def __init__(self, evaluator: Any, split: str, prompts: list[str], reference_images: int, seed: int):
+        from ladd_jax.toy.evaluator import scene_labels
         from ladd_jax.toy.metrics import reference_stats
+        from ladd_jax.toy.world import parse_caption
 
         self.evaluator, self.prompts = evaluator, prompts
+        self.labels = scene_labels(evaluator.world, [parse_caption(evaluator.world, p) for p in prompts])
         self.reference = reference_stats(evaluator, reference_images, seed, split=split)
 
-    def __call__(self, images: np.ndarray) -> dict[str, float]:
-        from ladd_jax.toy.metrics import alignment, feature_stats, features, frechet_distance_from_stats
+    def __call__(self, images: np.ndarray) -> dict[str, Any]:
+        """fd, alignment (the share of images showing exactly what their prompt asks) and attributes (the
+        evaluator's `accuracy`: which attributes the images get right, alignment being its "all")."""
+        from ladd_jax.toy.evaluator import accuracy
+        from ladd_jax.toy.metrics import feature_stats, frechet_distance_from_stats
 
-        fd = frechet_distance_from_stats(feature_stats(features(self.evaluator, images)), self.reference)
-        return dict(fd=float(fd), alignment=alignment(self.evaluator, images, self.prompts))
+        if len(images) != len(self.prompts):
+            raise LaddError(f"{len(images)} images but {len(self.prompts)} prompts: give one image per prompt")
+        feats, predicted = self.evaluator.run(images)
+        fd = frechet_distance_from_stats(feature_stats(feats.astype(np.float64)), self.reference)
+        attributes = accuracy(predicted, self.labels)
+        return dict(fd=float(fd), alignment=attributes["all"], attributes=attributes)
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -163,8 +174,9 @@ def evaluate_students(
     """Samples and measures the row plan on both splits with the teacher (an `SD3Pipeline`) and the students
     (name -> exported pipeline folder; no name "teacher").
 
-    Returns (rows: model, steps, cfg, sampler, fd_SPLIT, alignment_SPLIT; real: FD floor and alignment of real
-    renders of the same prompts per split; grids: title -> labelled picture, a real render then every row)."""
+    Returns (rows: model, steps, cfg, sampler, fd_SPLIT, alignment_SPLIT, attributes_SPLIT; real: the same
+    measures of real renders of the same prompts per split, FD's floor; grids: title -> labelled picture, a real
+    render then every row)."""
     from ladd_jax.toy.evaluator import render_scenes
     from ladd_jax.toy.report import SPLITS, labelled_grid, row_label
     from ladd_jax.toy.world import sample_scenes
@@ -187,7 +199,7 @@ def evaluate_students(
             model, steps, cfg, how = key
             images = sampler.euler(steps, cfg) if how == "euler" else sampler.few_step(params[model], steps, cfg)
             m = measure(images[n_grid:])
-            rows[key].update({f"fd_{split}": m["fd"], f"alignment_{split}": m["alignment"]})
+            rows[key].update({f"{k}_{split}": m[k] for k in ("fd", "alignment", "attributes")})
             columns.append((row_label(rows[key]), images[:n_grid]))
         # FD's floor at this N: real renders of the same prompts (other render seeds) against the reference.
         real[split] = measure(render_scenes(world, scenes, config.seed + 20 + i, "real renders"))

@@ -186,8 +186,9 @@ def _mixed_scenes(world: ToyWorld, num: int, seed: int) -> list[Scene]:
     return [sc for pair in zip(train, test, strict=True) for sc in pair][:num]
 
 
-def accuracy(predicted: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per-image all-attributes accuracy ("all") and per-attribute accuracy over the labels that apply."""
+def accuracy(predicted: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Per-image all-attributes accuracy ("all", and over the one- and two-object scenes alone: "one_object",
+    "two_objects"; None where there are none) and per-attribute accuracy over the labels that apply."""
     two = true["count"] == 1
     count_ok = predicted["count"] == true["count"]
     axis_ok = ~two | (predicted["axis"] == true["axis"])
@@ -199,7 +200,9 @@ def accuracy(predicted: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> d
         result[name] = ok[slot_applies].mean()
         all_ok &= (ok | ~slot_applies).all(axis=1)
     result["all"] = all_ok.mean()
-    return {k: float(v) for k, v in result.items()}
+    result["one_object"] = all_ok[~two].mean() if (~two).any() else None
+    result["two_objects"] = all_ok[two].mean() if two.any() else None
+    return {k: None if v is None else float(v) for k, v in result.items()}
 
 
 def label_loss(logits: dict[str, jax.Array], labels: dict[str, jax.Array]) -> jax.Array:

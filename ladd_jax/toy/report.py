@@ -245,6 +245,40 @@ def table_markdown(rows: list[dict], real: dict[str, dict]) -> str:
     return head + body + floor
 
 
+ATTRIBUTE_COLUMNS = (
+    ("count", "count"),
+    ("axis", "relation"),
+    ("shape", "shape"),
+    ("color", "colour"),
+    ("size", "size"),
+    ("one_object", "one object: all"),
+    ("two_objects", "two objects: all"),
+)
+
+ATTRIBUTES_EXPLAINED = (
+    "**Where alignment is lost.** The evaluator's reading of each row, per attribute (train / test split): the "
+    "share of images with the right number of objects, of two-object images with the right relation, and of "
+    "objects with the right shape, colour and size; then alignment over the one-object and the two-object prompts "
+    "alone. An image is aligned when every one of them is right."
+)
+
+
+def attributes_markdown(rows: list[dict], real: dict[str, dict]) -> str:
+    """Per-attribute accuracy of every row and of the real renders, "train / test" in each cell."""
+    head = "| model | steps | CFG | " + " | ".join(name for _, name in ATTRIBUTE_COLUMNS) + " |\n"
+    head += "|---|---|---|" + "---|" * len(ATTRIBUTE_COLUMNS) + "\n"
+    share = lambda v: "-" if v is None else f"{v:.2f}"  # "-": no prompt of that kind among the measured ones
+    cells = lambda a: " | ".join(f"{share(a['train'][k])} / {share(a['test'][k])}" for k, _ in ATTRIBUTE_COLUMNS)
+    body = "".join(
+        f"| {r['model']} | {r['steps']} | {r['cfg']:g} | "
+        + cells({sp: r[f"attributes_{sp}"] for sp in SPLITS})
+        + " |\n"
+        for r in rows
+    )
+    floor = "| real renders | | | " + cells({sp: real[sp]["attributes"] for sp in SPLITS}) + " |\n"
+    return head + body + floor
+
+
 def targets_markdown(targets: list[dict]) -> str:
     head = "| split | target | measured | bound | |\n|---|---|---|---|---|\n"
     verdict = lambda t: "holds" if t["holds"] else "MISSED"
@@ -327,6 +361,8 @@ def demo_report(out: Path, result: dict[str, Any], grids: list[Figure], curves: 
         _measured(result, models),
         EXPLAINER.format(n=_full_steps(result["rows"])),
         table_markdown(result["rows"], result["real_renders"]),
+        ATTRIBUTES_EXPLAINED,
+        attributes_markdown(result["rows"], result["real_renders"]),
         "## Targets",
         targets_markdown(result["targets"]),
         "## Training",
@@ -357,6 +393,8 @@ def evaluation_report(out: Path, result: dict[str, Any], grids: list[Figure]) ->
         _measured(result, models),
         EVALUATION_EXPLAINER.format(n=_full_steps(result["rows"])),
         table_markdown(result["rows"], result["real_renders"]),
+        ATTRIBUTES_EXPLAINED,
+        attributes_markdown(result["rows"], result["real_renders"]),
         "## Samples",
         *grids,
     ]
