@@ -125,7 +125,11 @@ def main() -> None:
             )
         )
         (out / "sweep.json").write_text(json.dumps(results, indent=1))  # after every run: partial results survive
-        training_curves({n: out / n for n in results}, {}, out / "curves.png")
+        panels = (
+            ("eval/fd_1step", f"student 1-step FD, {args.split}-split prompts of their own draw (lower is better)"),
+            ("eval/alignment_1step", f"student 1-step alignment, {args.split}-split prompts of their own draw"),
+        )
+        training_curves({n: out / n for n in results}, {}, out / "curves.png", eval_panels=panels)
 
 
 if __name__ == "__main__":
