@@ -149,7 +149,7 @@ def test_toy_training_smoke(tmp_path):
     net = LatentFeatureConfig(channels=(8, 16), blocks=1, groups=4, head_hidden=16, head_grid=2)
     report = train_latent_features(TEACHER, tmp_path / "lf", train, net)
     assert report["loss_last"] < 0.5 * report["loss_first"]
-    assert set(report["accuracy"]) == {"count", "axis", "shape", "color", "size", "all"}
+    assert set(report["accuracy"]) == {"count", "axis", "shape", "color", "size", "all", "one_object", "two_objects"}
     config, _ = load_latent_features(tmp_path / "lf")
     assert config.in_channels == 16 and config.head_outputs > 0
     assert main(["--teacher", str(TEACHER), "--out", str(tmp_path / "lf")]) == 2

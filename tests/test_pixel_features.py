@@ -40,7 +40,7 @@ def trained(tmp_path_factory) -> tuple[Path, dict]:
 def test_training_lowers_the_loss_and_reports(trained):
     folder, report = trained
     assert report["loss_last"] < 0.6 * report["loss_first"]
-    assert set(report["accuracy"]) == {"count", "axis", "shape", "color", "size", "all"}
+    assert set(report["accuracy"]) == {"count", "axis", "shape", "color", "size", "all", "one_object", "two_objects"}
     saved = json.loads((folder / REPORT_FILE).read_text())
     assert saved["report"] == report and saved["train"]["seed"] == 11
     assert report["num_params"] == sum(np.size(p) for p in jax.tree.leaves(load_dinov2(folder)[1]))
