@@ -37,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = 10_000  # LADD: 10k iterations
     c.batch_size = v["batch_size"]  # global, over all processes (unconfirmed)
 
-    # Student: initialised from the teacher; `layers` keeps a subset of the teacher's blocks (empty = all).
+    # Student: initialised from the teacher; `layers` keeps a subset of the teacher's blocks (empty = all), or
+    # repeats some for a deeper student (repeats start as the identity, so it starts as the teacher).
     c.student = ml_collections.ConfigDict()
     c.student.init = "teacher"  # "teacher" or "random"
     c.student.layers = ()

@@ -9,9 +9,9 @@ every EVAL_EVERY steps, beside D accuracy and the logit gap. Each run's EMA stud
         --run lcm@lcm:toy= --run mse@d2g:toy-mse= --run add@add:toy=features=runs/pixel_features
 
 Each --run is NAME[@FILE:VARIANT]=KEY=VALUE,KEY=VALUE: configs/FILE.py:VARIANT (default ladd:toy), values Python
-literals, nested keys with dots. The synthetic data (--synth-prompts train-split prompts, 512 as in the demo, with
-the demo's sampling settings) is made once in OUT/synth. Prints one JSON line per run and writes OUT/sweep.json
-and OUT/curves.png (every run's curves).
+literals (tuples too: student.layers=(0,0,1,1,2,2,3)), nested keys with dots. The synthetic data (--synth-prompts
+train-split prompts, 512 as in the demo, with the demo's sampling settings) is made once in OUT/synth. Prints one
+JSON line per run and writes OUT/sweep.json and OUT/curves.png (every run's curves).
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ladd_jax.config_files import load_config_file
 from ladd_jax.toy.demo import ASSETS, ROOT, DemoConfig, Measure, Sampler
 from ladd_jax.toy.report import training_curves
 from ladd_jax.train.export import export_workdir
 from ladd_jax.train.loop import train_and_evaluate
+from ladd_jax.train.student import student_layers, subset_config
 from ladd_jax.train.writer import read_metrics
 
 
@@ -35,7 +39,7 @@ def parse_run(text: str) -> tuple[str, str, dict]:
     head, _, rest = text.partition("=")
     name, _, spec = head.partition("@")
     overrides = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, re.split(r",(?=[\w.]+=)", rest)):  # commas inside a value (a tuple) stay
         key, _, value = item.partition("=")
         try:
             overrides[key] = ast.literal_eval(value)
@@ -85,12 +89,25 @@ def main() -> None:
         batch_size=32,
     )
     held_out = [s.caption() for s in sample_scenes(world, args.split, args.eval_prompts, 10)]
-    sampler = Sampler(teacher, held_out, list(range(len(held_out))), 16, demo.cfg)
     measure = Measure(evaluator, args.split, held_out, demo.reference_images, 11)
 
-    def probe(ema_params) -> dict:
-        m = measure(sampler.few_step(ema_params, 1))
-        return {"fd_1step": m["fd"], "alignment_1step": m["alignment"]}
+    def probe_for(c) -> Callable[[Any], dict]:
+        """The probe of a run: its student's architecture (a subset or repeats of the teacher's blocks)."""
+        arch = teacher.transformer_config
+        if c.student.layers:
+            arch = subset_config(arch, student_layers(arch, c.student.layers))
+        pipe = (
+            teacher
+            if arch == teacher.transformer_config
+            else SD3Pipeline.from_pretrained(args.teacher, transformer=(arch, None))
+        )
+        sampler = Sampler(pipe, held_out, list(range(len(held_out))), 16, demo.cfg)
+
+        def probe(ema_params) -> dict:
+            m = measure(sampler.few_step(ema_params, 1))
+            return {"fd_1step": m["fd"], "alignment_1step": m["alignment"]}
+
+        return probe
 
     results = {}
     for text in args.run:
@@ -103,7 +120,7 @@ def main() -> None:
         apply(c, overrides)
         workdir = out / name
         start = time.perf_counter()
-        train_and_evaluate(c, workdir, evaluate=probe)
+        train_and_evaluate(c, workdir, evaluate=probe_for(c))
         seconds = time.perf_counter() - start  # training with its eval probes, as every run pays for them
         export_workdir(workdir, workdir / "student", ema=True, overwrite=True)
         rows = read_metrics(workdir)

@@ -18,14 +18,15 @@ from ladd_jax.models.mmdit import MMDiTConfig, init_params
 
 
 def subset_config(teacher: MMDiTConfig, layers: Sequence[int]) -> MMDiTConfig:
-    """The MMDiT made of the teacher's blocks `layers` (in order). The last must be the teacher's last block:
-    only that one is "context pre-only" (no context output), so no other block can take its place."""
+    """The MMDiT made of the teacher's blocks `layers` (in order; a block may repeat, a deeper student). The last
+    must be the teacher's last block, once: only that one is "context pre-only" (no context output), so no other
+    block can take its place."""
     layers = tuple(int(i) for i in layers)
     last = teacher.num_layers - 1
-    if not layers or layers[-1] != last or len(set(layers)) != len(layers) or min(layers) < 0 or max(layers) > last:
+    if not layers or layers[-1] != last or layers.count(last) != 1 or min(layers) < 0 or max(layers) > last:
         raise LaddError(
-            f"student.layers={layers} must be distinct blocks of the {teacher.num_layers}-block teacher ending with "
-            f"its last block {last} (the only context-pre-only block)"
+            f"student.layers={layers} must be blocks of the {teacher.num_layers}-block teacher ending with its "
+            f"last block {last} (the only context-pre-only block, so it comes once and last); others may repeat"
         )
     dual = tuple(j for j, i in enumerate(layers) if i in teacher.dual_attention_layers)
     return dataclasses.replace(teacher, num_layers=len(layers), dual_attention_layers=dual)
@@ -39,13 +40,29 @@ def _per_layer(config: MMDiTConfig, params: dict) -> list[Any]:
     return out
 
 
+def _identity_block(block: Any, dim: int) -> Any:
+    """A block's params with its residual gates' rows of the adaLN projections zeroed: the block then adds
+    nothing to either stream (x + 0 * attn, ...), so a repeated block starts as the identity and a deeper
+    student starts as the teacher's function. Gates are every third chunk (diffusers' shift, scale, gate order)."""
+
+    def zero_gates(linear):
+        n = linear["bias"].shape[-1] // dim
+        keep = jnp.repeat(jnp.arange(n) % 3 != 2, dim)
+        return {"kernel": linear["kernel"] * keep, "bias": linear["bias"] * keep}
+
+    return {**block, **{k: {"linear": zero_gates(block[k]["linear"])} for k in ("norm1", "norm1_context")}}
+
+
 def select_layers(teacher: MMDiTConfig, params: dict, layers: Sequence[int]) -> tuple[MMDiTConfig, dict]:
-    """(student config, params): the teacher's non-block params and its blocks `layers`, restacked."""
+    """(student config, params): the teacher's non-block params and its blocks `layers`, restacked. A block's
+    repeats after its first use start as the identity (`_identity_block`)."""
     student = subset_config(teacher, layers)
     if tuple(layers) == tuple(range(teacher.num_layers)):
         return student, params
     blocks = _per_layer(teacher, params)
-    chosen = [blocks[i] for i in layers]
+    chosen = [
+        _identity_block(blocks[i], teacher.hidden_size) if i in layers[:j] else blocks[i] for j, i in enumerate(layers)
+    ]
     out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
     for name, start, stop in student.block_groups():
         out[name] = jax.tree.map(lambda *xs: jnp.stack(xs), *chosen[start:stop])

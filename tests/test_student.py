@@ -1,0 +1,46 @@
+"""The student's architecture from the teacher's blocks: subsets, and deeper students whose repeated blocks start
+as the identity."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from conftest import TINY_MMDIT, mmdit_inputs, rel_err
+
+from ladd_jax.errors import LaddError
+from ladd_jax.models.mmdit import MMDiT, MMDiTConfig, init_params
+from ladd_jax.train.student import select_layers
+
+
+@pytest.mark.parametrize("dual", [(), (0,)])
+def test_deeper_student_of_repeated_blocks_starts_as_the_teacher(dual):
+    teacher = MMDiTConfig(**{**TINY_MMDIT, "dual_attention_layers": dual})
+    params = init_params(teacher, jax.random.key(0))
+    inputs = mmdit_inputs(teacher)
+    want = MMDiT(teacher).apply({"params": params}, *inputs)
+
+    student, student_params = select_layers(teacher, params, (0, 0, 1, 1, 2))
+    assert student.num_layers == 5 and student.dual_attention_layers == tuple(j for j in (0, 1) if dual)
+    got = MMDiT(student).apply({"params": student_params}, *inputs)
+    assert rel_err(got, want) < 1e-5
+
+    # The repeat (student block 1) is teacher block 0 with only its gate rows of the adaLN projection zeroed.
+    first = lambda tree: tree[next(k for k in tree if k.startswith("blocks_0_"))]  # the group holding block 0
+    kernel = np.asarray(first(params)["norm1"]["linear"]["kernel"][0])
+    repeat = np.asarray(first(student_params)["norm1"]["linear"]["kernel"][1])
+    dim = teacher.hidden_size
+    gates = np.repeat(np.arange(kernel.shape[-1] // dim) % 3 == 2, dim)
+    assert np.all(repeat[:, gates] == 0) and np.array_equal(repeat[:, ~gates], kernel[:, ~gates])
+    assert np.abs(kernel[:, gates]).min() > 0
+    np.testing.assert_array_equal(
+        first(student_params)["attn"]["to_q"]["kernel"][1], first(params)["attn"]["to_q"]["kernel"][0]
+    )
+
+
+def test_last_block_only_once_and_last():
+    teacher = MMDiTConfig(**TINY_MMDIT)
+    params = init_params(teacher, jax.random.key(0))
+    for layers in [(0, 2, 2), (0, 1), (2, 0), ()]:
+        with pytest.raises(LaddError, match="student.layers"):
+            select_layers(teacher, params, layers)
