@@ -12,6 +12,7 @@ over all local devices when the batch size is a multiple of the device count, an
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -275,6 +276,14 @@ class SD3Pipeline:
         if not folder.is_dir():
             raise LaddError(f"{folder} is not a folder; point at a diffusers Stable Diffusion 3 pipeline folder")
         return cls(folder, dtype, read_model_index(folder), transformer)
+
+    def with_transformer(self, config: Any, params: Any) -> SD3Pipeline:
+        """This pipeline (its text encoders, VAE and scheduler, shared) with another transformer: `config` and
+        params already on the devices, e.g. a student deeper than its teacher."""
+        pipe = copy.copy(self)
+        pipe.transformer_config, pipe.transformer_params = config, params
+        pipe._transformer = _transformer_fn(config)
+        return pipe
 
     # ------------------------------------------------------------------------------------------------ properties
 

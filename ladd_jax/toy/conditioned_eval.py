@@ -147,13 +147,19 @@ def sample_rows(
     kind: str, teacher: Any, students: dict[str, Path], items: Items, config: CondEvalConfig
 ) -> dict[str, np.ndarray]:
     """label -> images [N, S, S, 3] in [0, 1] of every model on the items, all from the same noise."""
-    from ladd_jax.toy.evaluate import load_student_params
+    from ladd_jax.toy.evaluate import load_student
 
     sampler = item_sampler(kind, teacher, items, config)
     rows = {f"teacher {config.teacher_steps} steps CFG {config.cfg:g}": sampler.euler(config.teacher_steps, config.cfg)}
     rows["teacher 1 step (student init)"] = sampler.few_step(teacher.transformer_params, 1)
     for name, folder in students.items():
-        params = load_student_params(teacher, name, folder)
+        student = load_student(teacher, name, folder)
+        if student.transformer_config != teacher.transformer_config:
+            raise LaddError(
+                f"student {name!r} ({folder}) is {student.transformer_config.num_layers} blocks deep, its teacher "
+                f"{teacher.transformer_config.num_layers}: conditioned evaluation samples the teacher's architecture"
+            )
+        params = student.transformer_params
         for n in config.student_steps:
             rows[f"{name} {n} step{'s' if n > 1 else ''}"] = sampler.few_step(params, n)
     return rows

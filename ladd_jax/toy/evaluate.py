@@ -155,17 +155,23 @@ def row_plan(students: list[str], config: EvalConfig) -> list[tuple[str, int, fl
     return plan + [(m, n, 1.0, "student schedule") for m in students for n in config.student_steps]
 
 
-def load_student_params(teacher: Any, name: str, folder: Path) -> Any:
-    """The student's transformer params; the teacher's pipeline samples them, so their shapes must match."""
+# What a student may change of its teacher's transformer: its depth (train/student.py's repeated blocks).
+DEPTH_FIELDS = ("num_layers", "dual_attention_layers")
+
+
+def load_student(teacher: Any, name: str, folder: Path) -> Any:
+    """The teacher's pipeline with the student's transformer. The student shares the teacher's text encoders and
+    VAE, so its transformer must read and write the same tensors; only its depth may differ."""
     from ladd_jax.pipeline import SD3Pipeline
 
-    params = SD3Pipeline.from_pretrained(folder).transformer_params
-    if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, teacher.transformer_params):
+    student = SD3Pipeline.from_pretrained(folder)
+    interface = lambda c: dataclasses.replace(c, **{f: getattr(teacher.transformer_config, f) for f in DEPTH_FIELDS})
+    if interface(student.transformer_config) != teacher.transformer_config:
         raise LaddError(
             f"student {name!r} ({folder}) has a transformer of other shapes than the teacher's ({teacher.folder}); "
             "evaluate it beside the teacher it was distilled from (--teacher DIR)"
         )
-    return params
+    return teacher.with_transformer(student.transformer_config, student.transformer_params)
 
 
 def evaluate_students(
@@ -182,8 +188,7 @@ def evaluate_students(
     from ladd_jax.toy.world import sample_scenes
 
     plan = row_plan(list(students), config)
-    params = {TEACHER_ROWS: teacher.transformer_params}
-    params.update({m: load_student_params(teacher, m, d) for m, d in students.items()})
+    pipes = {TEACHER_ROWS: teacher, **{m: load_student(teacher, m, d) for m, d in students.items()}}
     rows = {key: dict(model=key[0], steps=key[1], cfg=key[2], sampler=key[3]) for key in plan}
     real, grids = {}, {}
     for i, split in enumerate(SPLITS):
@@ -192,12 +197,22 @@ def evaluate_students(
         prompts = [s.caption() for s in grid_scenes for _ in range(config.grid_seeds)]
         n_grid = len(prompts)
         prompts += [s.caption() for s in scenes]
-        sampler = Sampler(teacher, prompts, list(range(len(prompts))), msl, config.cfg, shape=world.shape)
+        samplers = {}  # one per transformer architecture: the same prompts and noise
+        for pipe in pipes.values():
+            if pipe.transformer_config not in samplers:
+                samplers[pipe.transformer_config] = Sampler(
+                    pipe, prompts, list(range(len(prompts))), msl, config.cfg, shape=world.shape
+                )
         measure = Measure(evaluator, split, prompts[n_grid:], config.reference_images, config.seed + 3 + i)
         columns = []
         for key in tqdm(plan, desc=f"evaluate {split}", unit="row"):
             model, steps, cfg, how = key
-            images = sampler.euler(steps, cfg) if how == "euler" else sampler.few_step(params[model], steps, cfg)
+            sampler = samplers[pipes[model].transformer_config]
+            images = (
+                sampler.euler(steps, cfg)
+                if how == "euler"
+                else sampler.few_step(pipes[model].transformer_params, steps, cfg)
+            )
             m = measure(images[n_grid:])
             rows[key].update({f"{k}_{split}": m[k] for k in ("fd", "alignment", "attributes")})
             columns.append((row_label(rows[key]), images[:n_grid]))
