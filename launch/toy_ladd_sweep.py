@@ -96,11 +96,8 @@ def main() -> None:
         arch = teacher.transformer_config
         if c.student.layers:
             arch = subset_config(arch, student_layers(arch, c.student.layers))
-        pipe = (
-            teacher
-            if arch == teacher.transformer_config
-            else SD3Pipeline.from_pretrained(args.teacher, transformer=(arch, None))
-        )
+        # The sampler is handed the params to sample, so the pipeline needs the architecture only.
+        pipe = teacher if arch == teacher.transformer_config else teacher.with_transformer(arch, None)
         sampler = Sampler(pipe, held_out, list(range(len(held_out))), 16, demo.cfg)
 
         def probe(ema_params) -> dict:
