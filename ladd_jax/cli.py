@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ladd_jax.data.records_command import add_records_parser
     from ladd_jax.data.synth import add_synth_parser
     from ladd_jax.sample import add_sample_parser
-    from ladd_jax.toy.components import add_toy_components_parser
+    from ladd_jax.toy.components import add_toy_components_parser, add_toy_vae_decoder_parser
     from ladd_jax.toy.demo import add_demo_parser
     from ladd_jax.toy.evaluate import add_evaluate_parser
     from ladd_jax.toy.evaluator_command import add_toy_evaluator_parser
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sample_parser(sub)
     add_toy_components_parser(sub)
+    add_toy_vae_decoder_parser(sub)
     add_synth_parser(sub)
     add_encode_real_parser(sub)
     add_records_parser(sub)

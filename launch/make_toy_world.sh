@@ -7,8 +7,12 @@
 #   toy-shift     8000 steps on the same renders from toy-continue's raw params, lr 1e-3 cosine,
 #                 t ~ logit-normal(1.1, 1) (SD3's shift 3); the scheduler samples with shift 3
 #   toy-refine    12000 steps on the same renders from toy-shift's raw params, lr 5e-4 cosine, the same t
-# On 2 CPU cores: evaluators ~6 + 2 x 4 min, components + renders + encoding ~5 min, then 3.4 pretraining steps/s:
-# about 15 + 15 + 40 + 60 minutes. The shipped teacher was made so (stage 1 in an earlier session).
+#   toy-polish    12000 steps on 32768 fresh renders (seed 1) from toy-refine's raw params, lr 3e-4 cosine
+# and the VAE's decoder fine-tuned alone (toy-vae-decoder: 4000 steps; the encoder, so every latent above, is
+# untouched, which is why it can run at any point: the shipped one was fine-tuned after toy-refine).
+# On 2 CPU cores: evaluators ~6 + 2 x 4 min, components + renders + encoding ~7 min, the decoder ~7 min, then 3.4
+# pretraining steps/s: about 15 + 15 + 40 + 60 + 60 minutes. The shipped teacher was made so (stage 1 in an
+# earlier session).
 #
 #   bash launch/make_toy_world.sh            # writes ladd_jax/toy/assets/{evaluator*,teacher,...}
 #   WORK=/tmp/toy bash launch/make_toy_world.sh
@@ -18,12 +22,12 @@ WORK=${WORK:-runs/toy_world}
 ASSETS=ladd_jax/toy/assets
 mkdir -p "$WORK" "$ASSETS"
 
-render_and_encode() {  # N OUT: N train-split renders of seed 0, VAE-encoded with their captions' embeddings
+render_and_encode() {  # N SEED OUT: N train-split renders, VAE-encoded with their captions' embeddings
   python -c "
 from ladd_jax.toy.components import read_toy_world
 from ladd_jax.toy.world import write_image_folder
-write_image_folder(read_toy_world('$WORK/sd3_untrained'), 'train', $1, 0, '$WORK/images_$1', overwrite=True)"
-  ladd-jax encode-real --model "$WORK/sd3_untrained" --images "$WORK/images_$1/captions.jsonl" --out "$2" \
+write_image_folder(read_toy_world('$WORK/sd3_untrained'), 'train', $1, $2, '$WORK/images_$1_$2', overwrite=True)"
+  ladd-jax encode-real --model "$WORK/sd3_untrained" --images "$WORK/images_$1_$2/captions.jsonl" --out "$3" \
     --max-sequence-length 16 --batch-size 64
 }
 
@@ -37,8 +41,11 @@ for bucket in 48x80 80x48; do  # the multi-aspect demo's other buckets: an evalu
   ladd-jax toy-evaluator --out "$ASSETS/evaluator_$bucket" --bucket "$bucket" --overwrite
 done
 ladd-jax toy-components --out "$WORK/sd3_untrained" --overwrite
-render_and_encode 4096 "$WORK/real_4096"
-render_and_encode 16384 "$WORK/real_16384"
+ladd-jax toy-vae-decoder --model "$WORK/sd3_untrained" --out "$WORK/vae_decoder" --overwrite
+rm -rf "$WORK/sd3_untrained/vae" && cp -r "$WORK/vae_decoder" "$WORK/sd3_untrained/vae"
+render_and_encode 4096 0 "$WORK/real_4096"
+render_and_encode 16384 0 "$WORK/real_16384"
+render_and_encode 32768 1 "$WORK/real_32768"
 pretrain toy "$WORK/sd3_untrained" "$WORK/real_4096" "$WORK/teacher_toy"
 pretrain toy-continue "$WORK/teacher_toy" "$WORK/real_16384" "$WORK/teacher_toy-continue"
 export_params() {  # WORKDIR STEP OUT: a stage's raw params (not its EMA) as a folder the next stage starts from
@@ -57,11 +64,13 @@ path.write_text(json.dumps({**json.loads(path.read_text()), 'shift': 3.0}, inden
 }
 
 # toy-shift starts from toy-continue's raw params (its EMA still averaged stage 1's weights), sampled with shift 3;
-# toy-refine from toy-shift's raw params.
+# toy-refine from toy-shift's raw params, toy-polish from toy-refine's.
 export_params "$WORK/toy-continue" 3000 "$WORK/toy-continue_params"
 pretrain toy-shift "$WORK/toy-continue_params" "$WORK/real_16384" "$WORK/teacher_toy-shift"
 export_params "$WORK/toy-shift" 8000 "$WORK/toy-shift_params"
-pretrain toy-refine "$WORK/toy-shift_params" "$WORK/real_16384" "$ASSETS/teacher"
+pretrain toy-refine "$WORK/toy-shift_params" "$WORK/real_16384" "$WORK/teacher_toy-refine"
+export_params "$WORK/toy-refine" 12000 "$WORK/toy-refine_params"
+pretrain toy-polish "$WORK/toy-refine_params" "$WORK/real_32768" "$ASSETS/teacher"
 # The baselines' frozen feature networks (never the evaluator): Diffusion2GAN's latent perceptual network and
 # ADD's pixel network (a tiny Dinov2), each trained on train-split renders of the teacher's world.
 python -m ladd_jax.toy.latent_features --teacher "$ASSETS/teacher" --out "$ASSETS/latent_features" --overwrite

@@ -12,6 +12,7 @@ Each folder argument is LABEL=FOLDER; labels that are integers are plotted as tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -30,9 +31,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True, help="OUT.json and OUT.png are written")
     ap.add_argument("--prompts", type=int, default=256, help="per split")
+    ap.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the demo's)")
+    ap.add_argument("--steps", type=int, default=None, help="Euler steps (default: the demo's synth_steps)")
     ap.add_argument("folders", nargs="+", help="LABEL=FOLDER")
     args = ap.parse_args()
     demo = DemoConfig()
+    demo = dataclasses.replace(
+        demo,
+        cfg=demo.cfg if args.cfg is None else args.cfg,
+        synth_steps=demo.synth_steps if args.steps is None else args.steps,
+    )
     evaluator = load_evaluator(demo.evaluator)
     results = {}
     setup = {}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ladd_jax.cli import main
+from ladd_jax.convert.vae import load_vae
 from ladd_jax.errors import LaddError
 from ladd_jax.models.mmdit import abstract_params
 from ladd_jax.models.vae import (
@@ -35,7 +36,14 @@ from ladd_jax.toy.components import (
     toy_vae_config,
     write_toy_sd3_folder,
 )
-from ladd_jax.toy.vae import calibrate_latent_scale, reconstruction_psnr, to_model_range, train_vae, vae_loss
+from ladd_jax.toy.vae import (
+    calibrate_latent_scale,
+    decoder_modules,
+    reconstruction_psnr,
+    to_model_range,
+    train_vae,
+    vae_loss,
+)
 from ladd_jax.toy.world import Obj, Scene, ToyWorld, render_dataset, sample_scenes
 
 TOL = 1e-5
@@ -220,6 +228,22 @@ def test_vae_training_reduces_the_loss_and_calibrates():
     assert abs(float(z.mean())) < 0.1 and abs(float(z.std()) - 1.0) < 0.1
 
 
+def test_decoder_only_fine_tune_keeps_the_encoder_and_improves_reconstruction():
+    images, _, _ = render_dataset(dataclasses.replace(WORLD, image_size=32), "train", 16, seed=0, progress=False)
+    init = random_params(abstract_vae_params(TINY_VAE), 0)
+    params = train_vae(
+        TINY_VAE, images, steps=20, batch=8, lr=3e-3, progress=False, init_params=init, trainable=("decoder",)
+    )
+    assert decoder_modules(TINY_VAE) == ("decoder",)  # no post_quant_conv in this config
+    assert set(params) == set(init)
+    same = jax.tree.map(np.array_equal, params["encoder"], init["encoder"])
+    assert all(jax.tree.leaves(same))  # the latent space a diffusion model learned stays exactly where it was
+    assert not np.array_equal(params["decoder"]["conv_out"]["kernel"], init["decoder"]["conv_out"]["kernel"])
+    assert reconstruction_psnr(TINY_VAE, params, images) > reconstruction_psnr(TINY_VAE, init, images) + 1.0
+    with pytest.raises(LaddError, match="trainable must name"):
+        train_vae(TINY_VAE, images, steps=1, batch=2, progress=False, init_params=init, trainable=("post_quant_conv",))
+
+
 def test_vae_training_rejects_bad_images():
     with pytest.raises(LaddError, match="uint8"):
         train_vae(TINY_VAE, np.zeros((4, 32, 32, 3), np.float32), steps=1, batch=2, progress=False)
@@ -244,6 +268,28 @@ def test_cli_checks_arguments_before_work(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["toy-components", "--out", str(tmp_path / "new"), "--vae-steps", "0"]) == 2
     assert "--vae-steps" in capsys.readouterr().err
+
+
+def test_vae_decoder_cli_checks_arguments_before_work(folder, tmp_path, capsys):
+    (tmp_path / "exists").mkdir()
+    assert main(["toy-vae-decoder", "--model", str(folder), "--out", str(tmp_path / "exists")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["toy-vae-decoder", "--model", str(folder), "--out", str(tmp_path / "new"), "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert main(["toy-vae-decoder", "--model", str(tmp_path), "--out", str(tmp_path / "new")]) == 2
+    assert "toy_world.json" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_vae_decoder_cli_writes_a_vae_with_the_folders_encoder(folder, tmp_path):
+    out = tmp_path / "vae"
+    args = ["--steps", "2", "--batch", "2", "--train-images", "4", "--eval-images", "2"]
+    assert main(["toy-vae-decoder", "--model", str(folder), "--out", str(out), *args]) == 0
+    (config, params), (old_config, old_params) = load_vae(out), load_vae(folder / "vae")
+    assert config == old_config
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params["encoder"], old_params["encoder"])))
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, params["decoder"], old_params["decoder"])))
 
 
 @pytest.mark.slow

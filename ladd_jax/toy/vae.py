@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,11 @@ FINAL_LR_FRACTION = 0.05  # the cosine ends at this fraction of the peak learnin
 WEIGHT_DECAY = 1e-4
 POSTFIX_EVERY = 10  # steps between progress-bar loss updates (each one waits for the device)
 EVAL_BATCH = 64
+
+
+def decoder_modules(config: VAEConfig) -> tuple[str, ...]:
+    """The top-level modules that map latents to images: what a decoder-only fine-tune trains."""
+    return ("decoder", "post_quant_conv") if config.use_post_quant_conv else ("decoder",)
 
 
 def to_model_range(images: np.ndarray | jax.Array) -> jax.Array:
@@ -109,6 +114,7 @@ def train_vae(
     loss: str = "l2",
     crop: int | None = None,
     init_params: dict | None = None,
+    trainable: Collection[str] | None = None,
 ) -> dict:
     """Trains an `AutoencoderKL(config)` and returns its params; the progress bar shows the loss.
 
@@ -116,7 +122,8 @@ def train_vae(
     an iterable of batches. `crop`: train on random crop x crop windows (a multiple of the downscale factor),
     which costs (crop / side)^2 of a full image; the convolutions see the same local statistics, so this suits
     VAEs without mid-block attention, whose receptive field is local anyway. `init_params` continues from given
-    params instead of a fresh flax init."""
+    params instead of a fresh flax init. `trainable`: the top-level modules that train (e.g. `decoder_modules(config)`,
+    which keep the encoder and so the latent space a diffusion model was trained on); None: all."""
     if steps < 1 or batch < 1:
         raise LaddError(f"steps and batch must be at least 1, got steps={steps}, batch={batch}")
     if loss not in RECONSTRUCTION_LOSSES:
@@ -136,14 +143,22 @@ def train_vae(
         params = init_vae(config, jax.random.fold_in(key, 0))
     else:
         params = jax.tree.map(jnp.array, init_params)  # a copy: the step donates its params
+    names = set(params) if trainable is None else set(trainable)
+    if not names or names - set(params):
+        raise LaddError(f"trainable must name some of the VAE's modules {sorted(params)}, got {sorted(names)}")
+    train_params = {k: v for k, v in params.items() if k in names}
+    frozen = {k: v for k, v in params.items() if k not in names}
     optimizer = make_optimizer(lr, steps)
-    opt_state = optimizer.init(params)
+    opt_state = optimizer.init(train_params)
+
+    def loss_of(train_params, images, rng):  # gradients only for what trains: a frozen encoder costs no backward
+        return vae_loss({**frozen, **train_params}, config, images, rng, kl_weight, loss)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(params, opt_state, images, rng):
-        grads, metrics = jax.grad(vae_loss, has_aux=True)(params, config, images, rng, kl_weight, loss)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, metrics
+    def train_step(train_params, opt_state, images, rng):
+        grads, metrics = jax.grad(loss_of, has_aux=True)(train_params, images, rng)
+        updates, opt_state = optimizer.update(grads, opt_state, train_params)
+        return optax.apply_updates(train_params, updates), opt_state, metrics
 
     bar = tqdm(range(steps), desc="train VAE", unit="step", disable=not progress)
     for step in bar:
@@ -156,10 +171,12 @@ def train_vae(
             if crop > min(x.shape[1:3]):
                 raise LaddError(f"crop {crop} is larger than the {x.shape[1]}x{x.shape[2]} images")
             x = _random_crops(x, crop, crop_rng)
-        params, opt_state, metrics = train_step(params, opt_state, to_model_range(x), jax.random.fold_in(key, step + 1))
+        train_params, opt_state, metrics = train_step(
+            train_params, opt_state, to_model_range(x), jax.random.fold_in(key, step + 1)
+        )
         if progress and (step % POSTFIX_EVERY == 0 or step == steps - 1):
             bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", kl=f"{float(metrics['kl']):.2f}")
-    return params
+    return {**frozen, **train_params}
 
 
 @functools.cache
