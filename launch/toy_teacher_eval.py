@@ -33,6 +33,15 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=256, help="per split")
     ap.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the demo's)")
     ap.add_argument("--steps", type=int, default=None, help="Euler steps (default: the demo's synth_steps)")
+    ap.add_argument("--series", default="", help="this run's name in the plot's legend")
+    ap.add_argument(
+        "--earlier",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("JSON", "NAME"),
+        help="an earlier run's OUT.json drawn beside this one (e.g. measured with another VAE decoder)",
+    )
     ap.add_argument("folders", nargs="+", help="LABEL=FOLDER")
     args = ap.parse_args()
     demo = DemoConfig()
@@ -71,22 +80,27 @@ def main() -> None:
         print(json.dumps({label: results[label]}))
     Path(args.out + ".json").write_text(json.dumps(results, indent=1))
     if any(k.lstrip("-").isdigit() for k in results):  # a curve needs labels that are training steps
-        plot(results, Path(args.out + ".png"), demo)
+        earlier = [(name, json.loads(Path(path).read_text())) for path, name in args.earlier]
+        plot([*earlier, (args.series, results)], Path(args.out + ".png"), demo)
 
 
-def plot(results: dict, path: Path, demo: DemoConfig) -> None:
+def plot(series: list[tuple[str, dict]], path: Path, demo: DemoConfig) -> None:
+    """Alignment and FD over the labels that are training steps, one line per (series, split)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [k for k in results if k.lstrip("-").isdigit()]
-    xs = [int(k) for k in steps]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for split, style in (("train", "-"), ("test", "--")):
-        axes[0].plot(xs, [results[k][split]["full"]["alignment"] for k in steps], style, marker="o", label=split)
-        axes[1].plot(xs, [results[k][split]["full"]["fd"] for k in steps], style, marker="o", label=f"{split}")
-        axes[1].axhline(results[steps[0]][split]["real"]["fd"], ls=":", color="gray")
+    for i, (name, results) in enumerate(series):
+        steps = [k for k in results if k.lstrip("-").isdigit()]
+        xs = [int(k) for k in steps]
+        for split, style in (("train", "-"), ("test", "--")):
+            label, color = f"{split}, {name}" if name else split, f"C{2 * i + (split == 'test')}"
+            for ax, key in zip(axes, ("alignment", "fd"), strict=True):
+                ys = [results[k][split]["full"][key] for k in steps]
+                ax.plot(xs, ys, style, marker="o", color=color, label=label)
+            axes[1].axhline(results[steps[0]][split]["real"]["fd"], ls=":", color="gray")
     axes[0].set_title(f"teacher alignment ({demo.synth_steps} steps, CFG {demo.cfg:g})", fontsize=9)
     axes[1].set_title("teacher FD (dotted: real-render floor)", fontsize=9)
     for ax in axes:
