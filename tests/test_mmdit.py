@@ -89,7 +89,7 @@ def test_remat_changes_nothing_numerically(policy):
     def loss(p, cfg):
         return jnp.mean(jnp.square(MMDiT(cfg).apply({"params": p}, x, t, ctx, pooled)))
 
-    grad = jax.jit(jax.grad(loss), static_argnums=1)  # compiled: op-by-op remat gradients took minutes on CI
+    grad = jax.jit(jax.grad(loss), static_argnums=1)  # compiled: op-by-op remat gradients took a minute on CI
     g0 = grad(params, config)
     g1 = grad(params, dataclasses.replace(config, remat_policy=policy))
     for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1), strict=True):
