@@ -298,6 +298,13 @@ def read_toy_world(folder: str | Path) -> ToyWorld:
 # ------------------------------------------------------------------------------------------------------- CLI
 
 
+def _require_positive(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """One clear error for the first of the integer options `names` below 1 (before any work)."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise LaddError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
 def add_toy_components_parser(subparsers: argparse._SubParsersAction) -> None:
     """Registers the `toy-components` subcommand."""
     p = subparsers.add_parser(
@@ -327,9 +334,7 @@ def run_toy_components(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     check_writable_destination(out, args.overwrite)  # before minutes of training
-    for name in ("vae_steps", "vae_batch", "vae_crop", "train_images", "eval_images", "teacher_layers"):
-        if getattr(args, name) < 1:
-            raise LaddError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    _require_positive(args, ("vae_steps", "vae_batch", "vae_crop", "train_images", "eval_images", "teacher_layers"))
     start = time.perf_counter()
     world = ToyWorld()
     train_images, _, _ = render_dataset(world, "train", args.train_images, args.seed)
@@ -409,9 +414,7 @@ def run_toy_vae_decoder(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     check_writable_destination(out, args.overwrite)  # before minutes of training
-    for name in ("steps", "batch", "crop", "train_images", "eval_images"):
-        if getattr(args, name) < 1:
-            raise LaddError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    _require_positive(args, ("steps", "batch", "crop", "train_images", "eval_images"))
     world = read_toy_world(args.model)
     config, params = load_vae(Path(args.model) / "vae")
     train_images, _, _ = render_dataset(world, "train", args.train_images, args.seed)
