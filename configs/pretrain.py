@@ -25,13 +25,14 @@ import ml_collections
 #                  fresh renders so that 50 more epochs of the same 16384 images are not the price of more steps.
 #   "toy-polish-2" the same again on 32768 fresh renders (seed 2), from toy-polish's raw params: toy-polish's
 #                  alignment was still rising at its end (0.78 -> 0.82 train over its last 4000 steps).
+_POLISH = dict(total_steps=12000, lr=3e-4, lr_warmup_steps=200, lr_decay="cosine", t_mean=1.1)
 _VARIANTS = {
     "toy": dict(total_steps=3000, lr=3e-4, lr_warmup_steps=100, lr_decay="constant", t_mean=0.0),
     "toy-continue": dict(total_steps=3000, lr=1e-3, lr_warmup_steps=300, lr_decay="cosine", t_mean=0.0),
     "toy-shift": dict(total_steps=8000, lr=1e-3, lr_warmup_steps=200, lr_decay="cosine", t_mean=1.1),
     "toy-refine": dict(total_steps=12000, lr=5e-4, lr_warmup_steps=200, lr_decay="cosine", t_mean=1.1),
-    "toy-polish": dict(total_steps=12000, lr=3e-4, lr_warmup_steps=200, lr_decay="cosine", t_mean=1.1),
-    "toy-polish-2": dict(total_steps=12000, lr=3e-4, lr_warmup_steps=200, lr_decay="cosine", t_mean=1.1),
+    "toy-polish": _POLISH,
+    "toy-polish-2": _POLISH,  # the same recipe; make_toy_world.sh gives it fresh renders and toy-polish's weights
     # The toy inpainting and editing teachers (launch/toy_conditioned.sh): the shipped teacher widened to take the
     # conditioning latents (`ladd-jax widen`, zero weights: it starts as the text-to-image teacher), fine-tuned on
     # renders with holes / on (source, instruction, edited) triples; the shipped teacher's refine-stage t. Editing

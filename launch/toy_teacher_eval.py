@@ -42,6 +42,12 @@ def main() -> None:
         metavar=("JSON", "NAME"),
         help="an earlier run's OUT.json drawn beside this one (e.g. measured with another VAE decoder)",
     )
+    ap.add_argument(
+        "--extend",
+        metavar="JSON",
+        help="an earlier run's OUT.json (same --prompts, --steps, --cfg) whose entries this run's continue: "
+        "OUT.json holds both, the plot draws them as one series",
+    )
     ap.add_argument("folders", nargs="+", help="LABEL=FOLDER")
     args = ap.parse_args()
     demo = DemoConfig()
@@ -51,7 +57,7 @@ def main() -> None:
         synth_steps=demo.synth_steps if args.steps is None else args.steps,
     )
     evaluator = load_evaluator(demo.evaluator)
-    results = {}
+    results = json.loads(Path(args.extend).read_text()) if args.extend else {}
     setup = {}
     for item in args.folders:
         label, _, folder = item.partition("=")
