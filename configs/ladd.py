@@ -107,6 +107,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.attention_impl = ml_collections.config_dict.placeholder(str)
     c.attention_block_size = 512
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # State parts kept in host memory between steps and brought to the device only for their update, after the
+    # backward pass has freed its activations: "ema" (the student's EMA), "g_opt" (the student's Adam moments,
+    # twice its params), "d_opt" (the heads'). Costs a host<->device copy of each per step; none by default.
+    c.offload = ()
 
     # Loop.
     c.log_every = 50

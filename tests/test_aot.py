@@ -55,6 +55,19 @@ def test_report_parts_and_plan(plan):
     assert json.loads(json.dumps(plan))["peak_bytes"] == plan["peak_bytes"]
 
 
+def test_offloaded_state_leaves_the_device_plan(plan):
+    """EMA and Adam moments in host memory (config.offload): the same state, now counted apart from the device's
+    peak. XLA:CPU plans one memory space, so there the device peak is the plan's minus the offloaded bytes."""
+    off = compile_plan(_config(offload=("ema", "g_opt")), TEACHER, RESOLUTION)
+    parts = off["state_bytes"]
+    assert parts == plan["state_bytes"]
+    assert off["offloaded_bytes"] == parts["student_ema"] + parts["student_adam"] > 0
+    assert plan["offloaded_bytes"] == 0 and plan["device_peak_bytes"] == plan["peak_bytes"]
+    assert off["host_args_bytes"] == 0  # XLA:CPU
+    assert off["device_peak_bytes"] == off["peak_bytes"] - off["offloaded_bytes"]
+    assert "state in host memory (config.offload)" in format_report(dict(off, model="tiny"))
+
+
 @pytest.mark.slow  # 16 s; tests/test_attention.py checks the program itself in CI
 def test_blockwise_attention_leaves_no_attention_matrix_in_the_plan(plan):
     tokens = (RESOLUTION // 8 // 2) ** 2 + 77 + 8  # image + CLIP + T5 tokens

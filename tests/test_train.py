@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from ladd_jax.models.mmdit import abstract_params
 from ladd_jax.train import sharding
 from ladd_jax.train.checkpoint import read_meta, restore_params
 from ladd_jax.train.export import student_config
-from ladd_jax.train.loop import train_and_evaluate
+from ladd_jax.train.loop import build, compile_step, make_loader, train_and_evaluate
 from ladd_jax.train.runner import CompiledSteps
 from ladd_jax.train.writer import read_metrics
 
@@ -105,6 +106,32 @@ def test_stopped_and_resumed_equals_uninterrupted(world, straight, tmp_path):
     assert losses(tmp_path) == losses(straight)
 
 
+def test_offloaded_state_lives_in_host_memory_and_trains_the_same(world, straight, tmp_path):
+    offload = ("ema", "g_opt", "d_opt")
+    config = tiny_config(world, offload=offload)
+    mesh = sharding.make_mesh(**config.mesh)
+    spec = make_loader(config, mesh).element_spec
+    setup, _, _ = build(config, spec, mesh)
+    kinds = {
+        name: {x.sharding.memory_kind for x in jax.tree.leaves(getattr(setup.abstract_state, name))}
+        for name in ("student", "disc", *offload)
+    }
+    assert kinds == dict(
+        student={"device"}, disc={"device"}, ema={"pinned_host"}, g_opt={"pinned_host"}, d_opt={"pinned_host"}
+    )
+    assert "S(5)" in compile_step(setup, spec).as_text()  # host memory space in the compiled step
+    # The straight run's step-2 checkpoint restored into host memory and continued: the same run as the straight one.
+    shutil.copytree(straight, tmp_path, dirs_exist_ok=True)
+    shutil.rmtree(tmp_path / "checkpoints" / "4")
+    train_and_evaluate(config, tmp_path)
+    assert_trees_equal(saved_params(tmp_path, 4), saved_params(straight, 4))
+    assert_trees_equal(saved_params(tmp_path, 4, "ema"), saved_params(straight, 4, "ema"))
+    losses = lambda w: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(w)][-2:]  # steps 3 and 4
+    assert losses(tmp_path) == losses(straight)
+    with pytest.raises(LaddError, match="config.offload names"):
+        train_and_evaluate(tiny_config(world, offload=("student",)), tmp_path / "bad")
+
+
 def test_sigterm_saves_then_resume_continues(world, straight, tmp_path, monkeypatch):
     calls = {"n": 0}
     original = Loader.__next__
@@ -168,7 +195,7 @@ MESH_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {configs!r}); sys.path.insert(0, {tests!r})
     import jax
     from test_train import tiny_config
-    from ladd_jax.train.loop import train_and_evaluate
+    from ladd_jax.train.loop import build, compile_step, make_loader, train_and_evaluate
     world = dict(teacher={teacher!r}, data={data!r})
     mesh = {{"mesh.data": {data_axis}, "mesh.fsdp": {fsdp}}}
     config = tiny_config(world, {method!r}, total_steps=2, batch_size=8, **mesh, **{overrides!r})
@@ -216,7 +243,7 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
     distributed.initialize(dict(coordinator_address="localhost:{port}", num_processes=2, process_id=int(sys.argv[1])))
     import jax
     from test_train import tiny_config
-    from ladd_jax.train.loop import train_and_evaluate
+    from ladd_jax.train.loop import build, compile_step, make_loader, train_and_evaluate
     assert jax.process_count() == 2 and len(jax.devices()) == 2
     world = dict(teacher={teacher!r}, data={data!r})
     train_and_evaluate(tiny_config(world, total_steps=2), {workdir!r})

@@ -21,7 +21,7 @@ from ladd_jax.models.mmdit import MMDiTConfig, abstract_params
 from ladd_jax.models.vae import VAEConfig
 from ladd_jax.train import sharding
 from ladd_jax.train.loop import build, compile_step
-from ladd_jax.train.memory import GIB, hand_estimate, largest_buffers, plan_bytes, state_breakdown
+from ladd_jax.train.memory import GIB, hand_estimate, host_bytes, largest_buffers, plan_bytes, state_breakdown
 from ladd_jax.train.runner import step_flops
 
 # The share of a device's memory a step may plan for: the rest goes to the runtime, the allocator's
@@ -64,7 +64,7 @@ def compile_plan(
         attention_impl=config.attention_impl or "default",
         compile_s=round(time.perf_counter() - start, 1),
         tflops_per_device_step=(step_flops(compiled) or 0) / 1e12,
-        **plan_bytes(compiled),
+        **plan_bytes(compiled, host_bytes(setup.abstract_state)),
         state_bytes=state_breakdown(setup.abstract_state, setup.frozen["teacher"]),
         largest_buffers=largest_buffers(compiled, buffers),
         hand_bytes=hand_estimate(
@@ -95,14 +95,14 @@ def largest_fitting_batch(
     b = 1
     while b <= MAX_SEARCH_BATCH:
         p = plan(b)
-        if p["peak_bytes"] > budget:
+        if p["device_peak_bytes"] > budget:
             miss = b
             break
         fit, fit_plan, b = b, p, 2 * b
     while miss is not None and miss - fit > 1:
         mid = (fit + miss) // 2
         p = plan(mid)
-        if p["peak_bytes"] <= budget:
+        if p["device_peak_bytes"] <= budget:
             fit, fit_plan = mid, p
         else:
             miss = mid
@@ -126,9 +126,9 @@ def aot_report(
         report["verdict"] = dict(
             device_memory_bytes=device_memory,
             budget_bytes=budget,
-            fits=report["peak_bytes"] <= budget,
+            fits=report["device_peak_bytes"] <= budget,
             largest_per_device_batch=best,
-            peak_bytes_at_largest=best_plan and best_plan["peak_bytes"],
+            peak_bytes_at_largest=best_plan and best_plan["device_peak_bytes"],
         )
     return report
 
@@ -143,6 +143,19 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['tflops_per_device_step']:.2f} TFLOP per device per step",
         "XLA's plan per device:",
         *(f"  {k:13s}{g(report[k])}" for k in ("args_bytes", "temp_bytes", "alias_bytes", "peak_bytes")),
+        *(
+            [
+                f"  state in host memory (config.offload): {g(report['offloaded_bytes'])}; on the device: peak "
+                f"{g(report['device_peak_bytes'])}"
+                + (
+                    " (XLA:CPU plans both memories as one: estimated as the peak minus the offloaded state)"
+                    if report["host_args_bytes"] == 0
+                    else ""
+                )
+            ]
+            if report["offloaded_bytes"]
+            else []
+        ),
         "the state's parts per device (inside args):",
         *(f"  {k:13s}{g(v)}" for k, v in report["state_bytes"].items()),
         "by hand per device:",

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 
 from ladd_jax.errors import LaddError
 from ladd_jax.flow import add_noise, cfg_combine, denoise, flow_match_sigmas
-from ladd_jax.train.sharding import constrain_batch
+from ladd_jax.train.sharding import constrain_batch, on_device
 from ladd_jax.train.state import Models, TrainState
 from ladd_jax.train.steps import BATCH_FIELDS, Batch, Frozen, StepFn, ema_update
 
@@ -90,17 +90,18 @@ def make_lcm_step(config: ml_collections.ConfigDict, models: Models, mesh: Mesh)
 
         # ---------------------------------------------------------------- the target network's prediction at s
         f = lambda params, x, time: denoise(x, models.apply_student(params, frozen, x, time, ctx, pooled), time)
-        target = jax.lax.stop_gradient(f(state.ema, x_s, s))
+        ema = on_device(state.ema)  # config.offload may keep it in host memory; LCM's target network needs it here
+        target = jax.lax.stop_gradient(f(ema, x_s, s))
 
         # ---------------------------------------------------------------- consistency loss, student only
         def objective(params: Any) -> jax.Array:
             return consistency_distance(f(params, x_t, t), target, c.distance, c.huber_c)
 
         loss, grads = jax.value_and_grad(objective)(state.student)
-        updates, g_opt = models.g_tx.update(grads, state.g_opt, state.student)
+        updates, g_opt = models.g_tx.update(grads, on_device(state.g_opt), state.student)
         student = optax.apply_updates(state.student, updates)
         new_state = state.replace(
-            step=state.step + 1, student=student, ema=ema_update(state.ema, student, config.ema_decay), g_opt=g_opt
+            step=state.step + 1, student=student, ema=ema_update(ema, student, config.ema_decay), g_opt=g_opt
         )
         metrics = dict(
             lcm_loss=loss,

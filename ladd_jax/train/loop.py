@@ -147,7 +147,9 @@ def build(
         models=models,
         frozen=frozen,
         frozen_sharding=frozen_sharding,
-        abstract_state=abstract_with_shardings(state, sharding.state_shardings(models, state, mesh)),
+        abstract_state=abstract_with_shardings(
+            state, sharding.state_shardings(models, state, mesh, offload=config.offload)
+        ),
         batch_sharding={f: sharding.batch_sharding(mesh, len(spec[f][0]) + 1) for f in methods.batch_fields(config)},
     )
     return setup, student_host, disc_host

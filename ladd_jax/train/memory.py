@@ -20,6 +20,7 @@ import numpy as np
 
 from ladd_jax.errors import LaddError
 from ladd_jax.models.mmdit import MMDiTConfig, abstract_params, count_params
+from ladd_jax.train.sharding import HOST_MEMORY
 
 GIB = 2.0**30
 _ITEMSIZE = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
@@ -48,8 +49,21 @@ def state_breakdown(abstract_state: Any, teacher_params: Any) -> dict[str, int]:
     )
 
 
-def plan_bytes(compiled: Any) -> dict[str, int]:
-    """XLA's per-device plan: arguments, outputs, temporaries, aliased (donated) and the peak they imply."""
+def host_bytes(abstract_state: Any) -> int:
+    """Per-device bytes of the state parts kept in host memory (config.offload)."""
+    on_host = [x for x in jax.tree.leaves(abstract_state) if x.sharding.memory_kind == HOST_MEMORY]
+    return device_bytes(on_host)
+
+
+def plan_bytes(compiled: Any, offloaded: int = 0) -> dict[str, int]:
+    """XLA's per-device plan: arguments, outputs, temporaries, aliased (donated) and the peak they imply; with
+    `offloaded` bytes of state in host memory, `device_peak_bytes` is what stays on the device.
+
+    XLA:CPU plans host and device memory as one space (its `host_*` sizes are 0), so its arguments include the
+    offloaded state; there the device peak is estimated as the peak minus those bytes. That holds while the peak
+    is in the forward/backward passes: an offloaded part comes to the device only for its update at the step's end,
+    when the activations are freed. Backends that split the spaces report host arguments apart (`host_args_bytes`),
+    and their peak is already the device's."""
     m = compiled.memory_analysis()
     if m is None:
         raise LaddError("this backend gives no memory analysis; run `ladd-jax aot` on CPU (simulated devices)")
@@ -58,8 +72,12 @@ def plan_bytes(compiled: Any) -> dict[str, int]:
         output_bytes=int(m.output_size_in_bytes),
         temp_bytes=int(m.temp_size_in_bytes),
         alias_bytes=int(m.alias_size_in_bytes),
+        host_args_bytes=int(getattr(m, "host_argument_size_in_bytes", 0)),
+        offloaded_bytes=offloaded,
     )
     out["peak_bytes"] = out["args_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
+    one_space = out["host_args_bytes"] == 0
+    out["device_peak_bytes"] = out["peak_bytes"] - (offloaded if one_space else 0)
     return out
 
 

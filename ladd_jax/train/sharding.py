@@ -158,9 +158,23 @@ def shard_like(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
 
 
-def state_shardings(models: Any, state: Any, mesh: Mesh, rules: Mapping[str, Sequence[str]] | None = None) -> Any:
+# The state parts `config.offload` may keep in host memory (each is only read by its own update).
+OFFLOADABLE = ("ema", "g_opt", "d_opt")
+HOST_MEMORY = "pinned_host"
+
+
+def state_shardings(
+    models: Any,
+    state: Any,
+    mesh: Mesh,
+    rules: Mapping[str, Sequence[str]] | None = None,
+    offload: Sequence[str] = (),
+) -> Any:
     """Shardings of a TrainState (arrays or abstract): params by `PARAM_AXES`, optimizer moments like their
-    params, step counters replicated."""
+    params, step counters replicated; the parts named in `offload` in host memory, sharded the same way."""
+    bad = sorted(set(offload) - set(OFFLOADABLE))
+    if bad:
+        raise LaddError(f"config.offload names {bad}; the state parts that can live in host memory are {OFFLOADABLE}")
     replicated = NamedSharding(mesh, P())
     student = param_shardings(state.student, mesh, rules)
     disc = param_shardings(state.disc, mesh, rules)
@@ -168,11 +182,12 @@ def state_shardings(models: Any, state: Any, mesh: Mesh, rules: Mapping[str, Seq
     def opt(tx: Any, opt_state: Any, like: Any) -> Any:
         return optax.tree_map_params(tx, lambda _, s: s, opt_state, like, transform_non_params=lambda _: replicated)
 
-    return state.replace(
-        step=replicated,
-        student=student,
-        ema=student,
-        disc=disc,
-        g_opt=opt(models.g_tx, state.g_opt, student),
-        d_opt=opt(models.d_tx, state.d_opt, disc),
-    )
+    parts = dict(ema=student, g_opt=opt(models.g_tx, state.g_opt, student), d_opt=opt(models.d_tx, state.d_opt, disc))
+    for name in offload:
+        parts[name] = jax.tree.map(lambda s: s.with_memory_kind(HOST_MEMORY), parts[name])
+    return state.replace(step=replicated, student=student, disc=disc, **parts)
+
+
+def on_device(tree: Any) -> Any:
+    """Inside jit: `tree` in device memory (a no-op for arrays already there; offloaded state parts are copied)."""
+    return jax.tree.map(lambda x: jax.device_put(x, jax.memory.Space.Device), tree)

@@ -15,6 +15,8 @@ regression game are subclasses, train/add.py and train/regression.py) with the o
                         the gradient reaches the student through the teacher's activations; the teacher's
                         params are closed over, so no gradient w.r.t. them exists
     EMA:                ema <- decay * ema + (1 - decay) * student
+    config.offload keeps EMA and/or Adam moments in host memory between steps: each comes to the device for its
+    own update only (`on_device`), after the backward pass, and goes back through the step's out_shardings.
     adv_weight = 0 (regression alone) skips the heads and the D step entirely.
     Controls: disc.train=False skips the D step (heads frozen at initialisation); train_student=False skips the G
     step (the heads alone against a fixed student).
@@ -40,7 +42,7 @@ from jax.sharding import PartitionSpec as P
 
 from ladd_jax.flow import add_noise, denoise, sample_logit_normal, shift_sigma
 from ladd_jax.train.losses import Logits, d_accuracy, d_loss_parts, distill_loss, g_loss, r1_penalty
-from ladd_jax.train.sharding import constrain_batch, sharded_trace
+from ladd_jax.train.sharding import constrain_batch, on_device, sharded_trace
 from ladd_jax.train.state import Models, TrainState
 
 Batch = dict[str, jax.Array]
@@ -220,7 +222,7 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         x0_hat, pull_back = jax.vjp(play.generate, state.student)
 
         # ---------------------------------------------------------------- D step(s): heads only, teacher constant
-        disc, d_opt = state.disc, state.d_opt
+        disc, d_opt = state.disc, on_device(state.d_opt)  # on_device: config.offload may keep it in host memory
         d_metrics = {}
         if play.adversarial:
             d_objective = functools.partial(play.d_objective, feats=play.d_features(jax.lax.stop_gradient(x0_hat)))
@@ -239,14 +241,14 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
             g_objective = functools.partial(play.g_objective, disc)
             (g_total, g_aux), x0_grad = jax.value_and_grad(g_objective, has_aux=True)(x0_hat)
             (g_grads,) = pull_back(x0_grad)
-            updates, g_opt = models.g_tx.update(g_grads, g_opt, student)
+            updates, g_opt = models.g_tx.update(g_grads, on_device(g_opt), student)
             student = optax.apply_updates(student, updates)
             g_metrics = dict(g_total=g_total, g_grad_norm=optax.tree.norm(g_grads), **g_aux)
 
         new_state = state.replace(
             step=state.step + 1,
             student=student,
-            ema=ema_update(state.ema, student, config.ema_decay),
+            ema=ema_update(on_device(state.ema), student, config.ema_decay),
             disc=disc,
             g_opt=g_opt,
             d_opt=d_opt,
