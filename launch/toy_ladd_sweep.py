@@ -11,7 +11,8 @@ every EVAL_EVERY steps, beside D accuracy and the logit gap. Each run's EMA stud
 Each --run is NAME[@FILE:VARIANT]=KEY=VALUE,KEY=VALUE: configs/FILE.py:VARIANT (default ladd:toy), values Python
 literals (tuples too: student.layers=(0,0,1,1,2,2,3)), nested keys with dots. The synthetic data (--synth-prompts
 train-split prompts, 512 as in the demo, with the demo's sampling settings) is made once in OUT/synth. Prints one
-JSON line per run and writes OUT/sweep.json and OUT/curves.png (every run's curves).
+JSON line per run and writes OUT/sweep.json and OUT/curves.png (every run's curves). Re-running the same command
+resumes it: the runs that finished (in sweep.json, their student exported) are kept, the others start over.
 """
 
 from __future__ import annotations
@@ -106,9 +107,15 @@ def main() -> None:
 
         return probe
 
+    # Re-running the same command resumes it: runs already in sweep.json with an exported student are kept.
+    done = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
     results = {}
     for text in args.run:
         name, spec, overrides = parse_run(text)
+        if name in done and (out / name / "student").is_dir():
+            results[name] = done[name]
+            print(f"{name}: done earlier, kept")
+            continue
         file, _, variant = spec.partition(":")
         c = load_config_file(ROOT / "configs" / f"{file}.py", variant or "toy")
         c.teacher, c.data = args.teacher, str(out / "synth")
