@@ -107,9 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.attention_impl = ml_collections.config_dict.placeholder(str)
     c.attention_block_size = 512
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    # State parts kept in host memory between steps and brought to the device only for their update, after the
-    # backward pass has freed its activations: "ema" (the student's EMA), "g_opt" (the student's Adam moments,
-    # twice its params), "d_opt" (the heads'). Costs a host<->device copy of each per step; none by default.
+    # State parts kept in host memory between steps and brought to the device only for their update: "ema" (the
+    # student's EMA) and "g_opt" (the student's Adam moments, twice its params) after the backward pass has freed its
+    # activations, "d_opt" (the heads', small) for the D step(s). Costs a host<->device copy of each per step.
     c.offload = ()
 
     # Loop.

@@ -110,7 +110,9 @@ def test_offloaded_state_lives_in_host_memory_and_trains_the_same(world, straigh
     offload = ("ema", "g_opt", "d_opt")
     config = tiny_config(world, offload=offload)
     mesh = sharding.make_mesh(**config.mesh)
-    spec = make_loader(config, mesh).element_spec
+    loader = make_loader(config, mesh)
+    spec = loader.element_spec
+    loader.close()
     setup, _, _ = build(config, spec, mesh)
     kinds = {
         name: {x.sharding.memory_kind for x in jax.tree.leaves(getattr(setup.abstract_state, name))}
@@ -195,7 +197,7 @@ MESH_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {configs!r}); sys.path.insert(0, {tests!r})
     import jax
     from test_train import tiny_config
-    from ladd_jax.train.loop import build, compile_step, make_loader, train_and_evaluate
+    from ladd_jax.train.loop import train_and_evaluate
     world = dict(teacher={teacher!r}, data={data!r})
     mesh = {{"mesh.data": {data_axis}, "mesh.fsdp": {fsdp}}}
     config = tiny_config(world, {method!r}, total_steps=2, batch_size=8, **mesh, **{overrides!r})
@@ -243,7 +245,7 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
     distributed.initialize(dict(coordinator_address="localhost:{port}", num_processes=2, process_id=int(sys.argv[1])))
     import jax
     from test_train import tiny_config
-    from ladd_jax.train.loop import build, compile_step, make_loader, train_and_evaluate
+    from ladd_jax.train.loop import train_and_evaluate
     assert jax.process_count() == 2 and len(jax.devices()) == 2
     world = dict(teacher={teacher!r}, data={data!r})
     train_and_evaluate(tiny_config(world, total_steps=2), {workdir!r})

@@ -143,19 +143,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['tflops_per_device_step']:.2f} TFLOP per device per step",
         "XLA's plan per device:",
         *(f"  {k:13s}{g(report[k])}" for k in ("args_bytes", "temp_bytes", "alias_bytes", "peak_bytes")),
-        *(
-            [
-                f"  state in host memory (config.offload): {g(report['offloaded_bytes'])}; on the device: peak "
-                f"{g(report['device_peak_bytes'])}"
-                + (
-                    " (XLA:CPU plans both memories as one: estimated as the peak minus the offloaded state)"
-                    if report["host_args_bytes"] == 0
-                    else ""
-                )
-            ]
-            if report["offloaded_bytes"]
-            else []
-        ),
+        *([offload_line(report)] if report["offloaded_bytes"] else []),
         "the state's parts per device (inside args):",
         *(f"  {k:13s}{g(v)}" for k, v in report["state_bytes"].items()),
         "by hand per device:",
@@ -171,6 +159,15 @@ def format_report(report: dict[str, Any]) -> str:
             f"batch that fits: {v['largest_per_device_batch']}"
         )
     return "\n".join(lines)
+
+
+def offload_line(report: dict[str, Any]) -> str:
+    """The offloaded state and the device's peak (estimated where the backend plans one memory space)."""
+    estimated = " (XLA:CPU plans both memories as one: the peak minus the offloaded state)"
+    return (
+        f"  state in host memory (config.offload): {report['offloaded_bytes'] / GIB:.2f} GiB; on the device: peak "
+        f"{report['device_peak_bytes'] / GIB:.2f} GiB" + (estimated if report["host_args_bytes"] == 0 else "")
+    )
 
 
 def check_resolution(resolution: int) -> None:

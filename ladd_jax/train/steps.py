@@ -16,7 +16,7 @@ regression game are subclasses, train/add.py and train/regression.py) with the o
                         params are closed over, so no gradient w.r.t. them exists
     EMA:                ema <- decay * ema + (1 - decay) * student
     config.offload keeps EMA and/or Adam moments in host memory between steps: each comes to the device for its
-    own update only (`on_device`), after the backward pass, and goes back through the step's out_shardings.
+    own update only (`on_device`; the student's after the backward pass) and goes back through out_shardings.
     adv_weight = 0 (regression alone) skips the heads and the D step entirely.
     Controls: disc.train=False skips the D step (heads frozen at initialisation); train_student=False skips the G
     step (the heads alone against a fixed student).
