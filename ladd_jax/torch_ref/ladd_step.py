@@ -279,16 +279,19 @@ class LaddReference:
             x_t = add_noise(x0, draws["eps"], t)
             x0_hat = denoise(x_t, self.velocity(x_t, ctx, pooled, t * 1000).sample.float(), t)
 
+            # The teacher's pass on the fake samples runs once (as in the JAX step): D reads it detached, G through
+            # its graph.
+            fake = self.features(add_noise(x0_hat, draws["eps_fake"], t_hat), t_hat, ctx, pooled)
+
             # D: the heads on teacher features of real and (detached) fake samples; the teacher is a constant.
             with torch.no_grad():
                 real = self.features(add_noise(x0, draws["eps_real"], t_hat), t_hat, ctx, pooled)
-                fake = self.features(add_noise(x0_hat, draws["eps_fake"], t_hat), t_hat, ctx, pooled)
-            d_real, d_fake = d_loss_parts(self.logits(real, t_hat, pooled), self.logits(fake, t_hat, pooled), self.kind)
+            fake_logits = self.logits(tuple(f.detach() for f in fake), t_hat, pooled)
+            d_real, d_fake = d_loss_parts(self.logits(real, t_hat, pooled), fake_logits, self.kind)
             heads = dict(self.heads.named_parameters())
             head_grads = torch.autograd.grad(d_real + d_fake, list(heads.values()))
 
             # G: the same heads, the gradient reaching the student through the teacher's activations.
-            fake = self.features(add_noise(x0_hat, draws["eps_fake"], t_hat), t_hat, ctx, pooled)
             g = g_loss(self.logits(fake, t_hat, pooled), self.kind)
             student = dict(self.student.named_parameters())
             student_grads = torch.autograd.grad(g, list(student.values()))

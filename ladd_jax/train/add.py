@@ -28,7 +28,7 @@ from ladd_jax.errors import LaddError
 from ladd_jax.flow import add_noise, denoise
 from ladd_jax.models.dinov2 import Dinov2
 from ladd_jax.models.vae import AutoencoderKL, unscale_latents
-from ladd_jax.train.losses import distill_loss, g_loss
+from ladd_jax.train.losses import distill_loss
 from ladd_jax.train.methods import FrozenNetworks
 from ladd_jax.train.steps import Game, Logits, Objective
 
@@ -80,18 +80,15 @@ class PixelGame(Game):
         t = jnp.zeros((pooled.shape[0],), jnp.float32)
         return self.models.disc.apply({"params": disc_params}, feats, t, pooled)
 
-    def g_objective(self, disc_params: Any, x0_hat: jax.Array) -> Objective:
+    def sample_terms(self, x0_hat: jax.Array) -> Objective:
+        """ADD's distillation loss in pixel space (adv_weight = 0 with it: ADD's distillation-only ablation)."""
+        if not self.config.distill_weight:
+            return 0.0, {}
         _, ctx, pooled = self.inputs
-        loss, aux = 0.0, {}
-        if self.adversarial:  # adv_weight = 0: ADD's distillation-only ablation, no heads at all
-            aux["g_loss"] = g_loss(self.heads(disc_params, self.features(x0_hat, None, ctx, pooled)), self.config.loss)
-            loss = self.config.adv_weight * aux["g_loss"]
-        if self.config.distill_weight:
-            t_d = self.draws["t_distill"]
-            x_d = add_noise(jax.lax.stop_gradient(x0_hat), self.draws["eps_fake"], t_d)
-            v = self.models.teacher.apply({"params": self.teacher_params}, self.with_cond(x_d), t_d, ctx, pooled)
-            weight = 1.0 - t_d if self.config.add.weighting == "exponential" else 1.0
-            target = jax.lax.stop_gradient(self.decode(denoise(x_d, v, t_d)))
-            aux["distill"] = distill_loss(self.decode(x0_hat), target, weight)
-            loss = loss + self.config.distill_weight * aux["distill"]
-        return loss, aux
+        t_d = self.draws["t_distill"]
+        x_d = add_noise(jax.lax.stop_gradient(x0_hat), self.draws["eps_fake"], t_d)
+        v = self.models.teacher.apply({"params": self.teacher_params}, self.with_cond(x_d), t_d, ctx, pooled)
+        weight = 1.0 - t_d if self.config.add.weighting == "exponential" else 1.0
+        target = jax.lax.stop_gradient(self.decode(denoise(x_d, v, t_d)))
+        distill = distill_loss(self.decode(x0_hat), target, weight)
+        return self.config.distill_weight * distill, dict(distill=distill)

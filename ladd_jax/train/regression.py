@@ -41,10 +41,12 @@ class RegressionGame(Game):
         z, t = self.batch["noise"], self.draws["t"]
         return denoise(z, self.models.apply_student(student_params, self.frozen, self.with_cond(z), t, ctx, pooled), t)
 
-    def g_objective(self, disc_params: Any, x0_hat: jax.Array) -> Objective:
+    def sample_terms(self, x0_hat: jax.Array) -> Objective:
+        """The regression to the stored ODE output (MSE, and the latent perceptual distance when weighted); LADD's
+        adversarial term is added by `g_objective` when adv_weight > 0."""
         r = self.config.regression
         target = jax.lax.stop_gradient(self.inputs[0])
-        loss, aux = super().g_objective(disc_params, x0_hat)  # LADD's term, when adv_weight > 0
+        loss, aux = super().sample_terms(x0_hat)
         aux["mse"] = jnp.mean(jnp.square(x0_hat.astype(jnp.float32) - target))
         loss = loss + r.mse_weight * aux["mse"]
         if r.perceptual_weight:

@@ -11,9 +11,11 @@ regression game are subclasses, train/add.py and train/regression.py) with the o
     D step (x d_steps): heads <- heads - grad_heads [d_loss(D(real), D(fake)) + gamma/2 R1 + w * misaligned]
                         the teacher's features enter as constants: no gradient of the teacher is computed
     G step:             student <- student - grad_student [g_loss(D(fake(student)))  (+ lambda * distill)],
-                        the student's own forward pass shared with the D step (one jax.vjp)
                         the gradient reaches the student through the teacher's activations; the teacher's
                         params are closed over, so no gradient w.r.t. them exists
+    The student's forward pass and the teacher's pass on its samples each run once (one jax.vjp each): their
+    outputs are constants for D, and their vjps carry the G step's gradient back (the heads change in between,
+    the student, the teacher and their inputs do not).
     EMA:                ema <- decay * ema + (1 - decay) * student
     config.offload keeps EMA and/or Adam moments in host memory between steps: each comes to the device for its
     own update only (`on_device`; the student's after the backward pass) and goes back through out_shardings.
@@ -157,16 +159,25 @@ class Game:
         pooled = self.inputs[2] if p is None else p
         return self.models.disc.apply({"params": disc_params}, feats, self.draws["t_hat"], pooled)
 
-    def d_features(self, x0_fake: jax.Array) -> Features:
-        """The D step's teacher features, constants: computed once and shared by the d_steps updates."""
+    def fake_features(self, x0_hat: jax.Array) -> tuple[tuple[jax.Array, ...], Callable]:
+        """The teacher's features of the student's samples (re-noised with eps_fake) and their vjp: one teacher
+        pass serves the D step (its outputs, as constants) and the G step (the vjp carries the heads' gradient on
+        the features back to x0_hat), where computing it twice would cost a teacher forward pass per step."""
+        _, ctx, pooled = self.inputs
+        return jax.vjp(lambda x: self.features(x, self.draws["eps_fake"], ctx, pooled), x0_hat)
+
+    def d_features(self, fake: tuple[jax.Array, ...]) -> Features:
+        """The D step's features, constants: the real ones computed here, the fakes' given (`fake_features`);
+        shared by the d_steps updates."""
         x0, ctx, pooled = self.inputs
-        eps_real, eps_fake = self.draws["eps_real"], self.draws["eps_fake"]
         feats = dict(
-            real=jax.lax.stop_gradient(self.features(x0, eps_real, ctx, pooled)),
-            fake=jax.lax.stop_gradient(self.features(x0_fake, eps_fake, ctx, pooled)),
+            real=jax.lax.stop_gradient(self.features(x0, self.draws["eps_real"], ctx, pooled)),
+            fake=jax.lax.stop_gradient(fake),
         )
         if self.config.misaligned_weight:  # real latents with another sample's text: fakes with respect to that text
-            feats["misaligned"] = jax.lax.stop_gradient(self.features(x0, eps_real, *_misaligned(ctx, pooled)))
+            feats["misaligned"] = jax.lax.stop_gradient(
+                self.features(x0, self.draws["eps_real"], *_misaligned(ctx, pooled))
+            )
         return feats
 
     def d_objective(self, disc_params: Any, feats: Features) -> Objective:
@@ -191,23 +202,40 @@ class Game:
             loss = loss + config.misaligned_weight * aux["d_loss_misaligned"]
         return loss, aux
 
-    def g_objective(self, disc_params: Any, x0_hat: jax.Array) -> Objective:
-        """adv_weight * g_loss(D(fake(x0_hat))) (+ lambda * distill): differentiated w.r.t. x0_hat, through the
-        teacher."""
-        _, ctx, pooled = self.inputs
-        eps_fake = self.draws["eps_fake"]
+    def g_objective(self, disc_params: Any, x0_hat: jax.Array, fake: tuple[jax.Array, ...]) -> Objective:
+        """adv_weight * g_loss(D(fake)) + the terms on the sample itself (`sample_terms`): differentiated w.r.t.
+        x0_hat and the features `fake` (= fake_features(x0_hat); their gradient goes through the teacher's vjp)."""
         loss, aux = 0.0, {}
         if self.adversarial:  # adv_weight = 0 (a regression or distillation-only run): no heads to ask
-            logits = self.heads(disc_params, self.features(x0_hat, eps_fake, ctx, pooled))
-            aux["g_loss"] = g_loss(logits, self.config.loss)
+            aux["g_loss"] = g_loss(self.heads(disc_params, fake), self.config.loss)
             loss = self.config.adv_weight * aux["g_loss"]
-        if self.config.distill_weight:  # ADD: match the teacher's denoised estimate of the re-noised sample
-            t_d = self.draws["t_distill"]
-            x_d = add_noise(jax.lax.stop_gradient(x0_hat), eps_fake, t_d)
-            v = self.models.teacher.apply({"params": self.teacher_params}, self.with_cond(x_d), t_d, ctx, pooled)
-            aux["distill"] = distill_loss(x0_hat, denoise(x_d, v, t_d))
-            loss = loss + self.config.distill_weight * aux["distill"]
-        return loss, aux
+        terms, parts = self.sample_terms(x0_hat)
+        return loss + terms, dict(aux, **parts)
+
+    def sample_terms(self, x0_hat: jax.Array) -> Objective:
+        """The G loss's terms on the student's sample itself: LADD's optional distillation loss (ADD's)."""
+        if not self.config.distill_weight:
+            return 0.0, {}
+        _, ctx, pooled = self.inputs
+        t_d = self.draws["t_distill"]  # match the teacher's denoised estimate of the re-noised sample
+        x_d = add_noise(jax.lax.stop_gradient(x0_hat), self.draws["eps_fake"], t_d)
+        v = self.models.teacher.apply({"params": self.teacher_params}, self.with_cond(x_d), t_d, ctx, pooled)
+        distill = distill_loss(x0_hat, denoise(x_d, v, t_d))
+        return self.config.distill_weight * distill, dict(distill=distill)
+
+    def g_gradient(self, disc_params: Any, x0_hat: jax.Array, fake: tuple, fake_pull_back: Callable | None) -> Any:
+        """(G loss, its parts), d loss / d x0_hat: directly, plus through the teacher's features when adversarial."""
+        objective = functools.partial(self.g_objective, disc_params)
+        (total, aux), (x0_grad, fake_grad) = jax.value_and_grad(objective, (0, 1), has_aux=True)(x0_hat, fake)
+        if fake_pull_back is not None:
+            x0_grad = x0_grad + fake_pull_back(fake_grad)[0]
+        return (total, aux), x0_grad
+
+    def student_pass(self, student_params: Any) -> tuple[jax.Array, Callable, tuple, Callable | None]:
+        """The student's sample and its vjp, and the teacher's features of it and theirs (none without heads)."""
+        x0_hat, pull_back = jax.vjp(self.generate, student_params)
+        fake, fake_pull_back = self.fake_features(x0_hat) if self.adversarial else ((), None)
+        return x0_hat, pull_back, fake, fake_pull_back
 
 
 def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mesh, game: type[Game] = Game) -> StepFn:
@@ -217,15 +245,15 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         draws = game.step_draws(config, state.step, key, batch["latent"].shape)
         play = game(config, models, mesh, frozen, batch, draws)
 
-        # The student's forward pass runs once: its output is a constant for D, and `pull_back` carries the G
-        # step's gradient w.r.t. x0_hat back to the student's params (the params do not change in between).
-        x0_hat, pull_back = jax.vjp(play.generate, state.student)
+        # The student's forward pass and the teacher's on its samples run once: their outputs are constants for D,
+        # and their vjps carry the G step's gradient back to the student's params (which do not change in between).
+        x0_hat, pull_back, fake, fake_pull_back = play.student_pass(state.student)
 
         # ---------------------------------------------------------------- D step(s): heads only, teacher constant
         disc, d_opt = state.disc, on_device(state.d_opt)  # on_device: config.offload may keep it in host memory
         d_metrics = {}
         if play.adversarial:
-            d_objective = functools.partial(play.d_objective, feats=play.d_features(jax.lax.stop_gradient(x0_hat)))
+            d_objective = functools.partial(play.d_objective, feats=play.d_features(fake))
             if not config.disc.train:  # the control: heads frozen at their initialisation, only measured
                 d_total, d_aux = d_objective(disc)
             for _ in range(config.d_steps if config.disc.train else 0):
@@ -238,8 +266,7 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         # ---------------------------------------------------------------- G step: student only, through the teacher
         student, g_opt, g_metrics = state.student, state.g_opt, {}
         if config.train_student:  # otherwise the heads alone learn against the fixed student (a diagnostic)
-            g_objective = functools.partial(play.g_objective, disc)
-            (g_total, g_aux), x0_grad = jax.value_and_grad(g_objective, has_aux=True)(x0_hat)
+            (g_total, g_aux), x0_grad = play.g_gradient(disc, x0_hat, fake, fake_pull_back)
             (g_grads,) = pull_back(x0_grad)
             updates, g_opt = models.g_tx.update(g_grads, on_device(g_opt), student)
             student = optax.apply_updates(student, updates)
@@ -271,11 +298,10 @@ def make_step_gradients(config: ml_collections.ConfigDict, models: Models, mesh:
 
     def step_gradients(student: Any, heads: Any, teacher_params: Any, batch: Batch, draws: Draws):
         game = Game(config, models, mesh, dict(teacher=teacher_params), batch, draws)
-        x0_hat, pull_back = jax.vjp(game.generate, student)
-        d_objective = functools.partial(game.d_objective, feats=game.d_features(jax.lax.stop_gradient(x0_hat)))
+        x0_hat, pull_back, fake, fake_pull_back = game.student_pass(student)
+        d_objective = functools.partial(game.d_objective, feats=game.d_features(fake))
         (d_total, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(heads)
-        g_objective = functools.partial(game.g_objective, heads)
-        (g_total, g_aux), x0_grad = jax.value_and_grad(g_objective, has_aux=True)(x0_hat)
+        (g_total, g_aux), x0_grad = game.g_gradient(heads, x0_hat, fake, fake_pull_back)
         (g_grads,) = pull_back(x0_grad)
         return dict(d_loss=d_total, g_total=g_total, **d_aux, **g_aux), d_grads, g_grads
 
