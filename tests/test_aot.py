@@ -5,13 +5,13 @@ largest-batch search."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 from conftest import TINY_MMDIT
+from cpu_devices import cpu_env
 
 from configs.ladd import get_config
 from ladd_jax.errors import LaddError
@@ -113,7 +113,7 @@ def test_fsdp_plan_keeps_each_devices_share_of_the_batch():
     """FSDP over 8 simulated devices, global batch 8: no value in the per-device program has the whole batch with
     the 121 tokens (36 image + 85 text) of the blocks. Without the activation constraint inside the scanned blocks
     XLA's propagation followed the sharded weights and planned 106 such values (whole-batch attention included)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = cpu_env(8)
     out = subprocess.run([sys.executable, "-c", FSDP_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     buffers = json.loads(out.stdout.strip().splitlines()[-1])

@@ -5,6 +5,9 @@ frozen-heads control."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -15,8 +18,17 @@ from ladd_jax.toy.demo import QUICK, DemoConfig, run_demo
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    """`ladd-jax demo --quick` as a user runs it, in a subprocess with XLA:CPU's optimisation on: it trains and
+    samples enough for optimised code to repay its compile time (tests/conftest.py turns it off elsewhere)."""
     out = tmp_path_factory.mktemp("demo")
-    run_demo(out, DemoConfig(**QUICK))
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_backend_optimization")]
+    run = subprocess.run(
+        [sys.executable, "-m", "ladd_jax.cli", "demo", "--quick", "--out", str(out)],
+        env={**os.environ, "XLA_FLAGS": " ".join(flags)},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
     return out
 
 

@@ -4,7 +4,6 @@ process and launcher detection; bad setups give one clear error."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import textwrap
 
 import jax
 import pytest
+from cpu_devices import cpu_env
 
 from ladd_jax import distributed
 from ladd_jax.errors import LaddError
@@ -49,8 +49,7 @@ def _free_port() -> int:
 
 def test_two_processes_on_localhost():
     port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    env = cpu_env(1)  # one CPU device per process
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, str(port), str(pid)],

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from cpu_devices import cpu_env
 
 from ladd_jax.cli import main
 from ladd_jax.data.loader import Loader
@@ -233,7 +234,7 @@ def test_two_processes_each_read_their_slice(data, bucketed):
     filled from records r with r mod 2 == p, and over an epoch each sees its records once. With buckets, both draw
     the same bucket at every step, each from its half of that bucket."""
     script = TWO_PROCESS_SCRIPT.format(port=free_port(), data=str(data), bucketed=str(bucketed))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = cpu_env(1)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     procs = [
         subprocess.Popen(

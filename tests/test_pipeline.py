@@ -12,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from cpu_devices import cpu_env
 from tokenizer_fixtures import write_tiny_sd3_folder
 
 from ladd_jax.cli import main
@@ -207,7 +208,7 @@ def test_batch_sharded_over_devices(folder, pipes):
         """
     )
     np.save(folder / "lat.npy", lat)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = cpu_env(2)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert rel_err(np.load(folder / "out.npy"), want) <= TOL

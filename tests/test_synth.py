@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cpu_devices import cpu_env
 from tokenizer_fixtures import write_tiny_sd3_folder
 
 from ladd_jax.cli import main
@@ -72,7 +73,7 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 
 
 def run_script(script: str, *args: str, devices: int = 1) -> subprocess.Popen:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = cpu_env(devices)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-c", textwrap.dedent(script), *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from cpu_devices import cpu_env
 
 from ladd_jax.config_files import load_config_file
 from ladd_jax.data.loader import Loader
@@ -222,7 +223,7 @@ def run_mesh(
         devices=devices,
         workdir=str(workdir),
     )
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    env = cpu_env(devices)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
 
@@ -253,6 +254,8 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 100 s; CI runs two processes in tests/test_distributed.py and tests/test_synth.py, and the
+# sharded step on 8 devices above
 def test_two_processes_train_and_checkpoint_together(world, tmp_path):
     import socket
 
@@ -267,7 +270,7 @@ def test_two_processes_train_and_checkpoint_together(world, tmp_path):
         data=str(world["data"]),
         workdir=str(tmp_path),
     )
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = cpu_env(1)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
