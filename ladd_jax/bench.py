@@ -55,15 +55,23 @@ def mmdit_flops(config: MMDiTConfig, batch: int, h: int, w: int, ctx: int = CONT
 
 def _time(fn: Callable, steps: int) -> tuple[float, float]:
     """(first call incl. compile, median of `steps` later calls) in seconds."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
+    return _time_rounds({"": fn}, steps)[""]
+
+
+def _time_rounds(fns: dict[str, Callable], steps: int) -> dict[str, tuple[float, float]]:
+    """`_time` of each fn, their later calls in `steps` rounds of one call each: on a machine whose speed drifts
+    (a shared CPU), the fns compared see the same conditions instead of one stretch each."""
+    first, times = {}, {name: [] for name in fns}
+    for name, fn in fns.items():
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return first, float(np.median(times))
+        first[name] = time.perf_counter() - t0
+    for _ in range(steps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: (first[name], float(np.median(times[name]))) for name in fns}
 
 
 def peak_tflops(device: jax.Device) -> float | None:
@@ -274,7 +282,8 @@ def load_ladd_config(spec: str) -> Any:
 def bench_ladd(args: argparse.Namespace) -> dict:
     """The jitted LADD train step and `make_step_gradients` (the step without its updates: what the PyTorch
     reference computes, so `torch_*_over_jax` compares equal work), beside the reference eager and compiled.
-    PyTorch runs first: XLA keeps the GPU memory it once used, PyTorch's caching allocator gives it back."""
+    On a CPU the eager reference and the two JAX functions are timed in rounds of one call each (`_time_rounds`),
+    then torch.compile; on a GPU PyTorch runs first and alone (see below)."""
     from ladd_jax.models.discriminator import init_discriminator
     from ladd_jax.train import sharding
     from ladd_jax.train.loop import DTYPES
@@ -334,12 +343,13 @@ def bench_ladd(args: argparse.Namespace) -> dict:
         if peak:
             result[f"{name}_mfu"] = f / sec / 1e12 / peak
 
-    if not args.no_torch:
-        torch_times = _torch_ladd(config, teacher, models.disc.config, heads, data, draws, args)
-        for name in ("torch_eager", "torch_compile"):
-            if name in torch_times:
-                report(name, *torch_times.pop(name), flops["gradients"])
-        result.update(torch_times)
+    # On a GPU, PyTorch runs first and alone (XLA keeps the memory it once used; PyTorch's caching allocator gives
+    # it back). On a CPU its eager step is timed in rounds with the JAX steps (`_time_rounds`).
+    reference = None if args.no_torch else _torch_reference(config, teacher, models.disc.config, heads, data, draws)
+    if reference is not None and reference.device != "cpu":
+        _time_torch(reference, args, result, report, flops["gradients"], eager=True)
+        reference.release()
+        reference = None
 
     # Placed and jitted as the trainer does (loop.build, steps.jit_train_step): the step's outputs then have the
     # shardings of its inputs, so the next call neither reshards nor recompiles.
@@ -354,7 +364,6 @@ def bench_ladd(args: argparse.Namespace) -> dict:
     data, draws = jax.device_put(data, batch_sharding), jax.device_put(draws)
     gradients = jax.jit(make_step_gradients(config, models, mesh))
     grads = lambda: gradients(state[0].student, state[0].disc, teacher_params, data, draws)
-    report("jax_grads", *_time(grads, args.steps), flops["gradients"])
     train_step = jit_train_step(
         make_train_step(config, models, mesh), state_sharding, dict(teacher=teacher_sharding), batch_sharding, mesh
     )
@@ -363,7 +372,14 @@ def bench_ladd(args: argparse.Namespace) -> dict:
         state[0], metrics = train_step(state[0], dict(teacher=teacher_params), data, key)
         return metrics
 
-    report("jax_step", *_time(step, args.steps), flops["train_step"])
+    fns = dict(jax_grads=grads, jax_step=step)
+    if reference is not None:
+        fns = dict(torch_eager=reference.call, **fns)
+    for name, times in _time_rounds(fns, args.steps).items():
+        report(name, *times, flops["train_step" if name == "jax_step" else "gradients"])
+    if reference is not None:
+        _time_torch(reference, args, result, report, flops["gradients"], eager=False)
+        reference.release()
     for name in ("torch_eager", "torch_compile"):
         if f"{name}_ms" in result:
             result[f"{name}_over_jax"] = result[f"{name}_ms"] / result["jax_grads_ms"]
@@ -389,56 +405,70 @@ def _ladd_flops(config: Any, teacher: MMDiTConfig, heads: Any, shapes: dict, mes
     return {"gradients": jaxpr_flops(gradients), "train_step": jaxpr_flops(train_step)}
 
 
-def _torch_ladd(
-    config: Any, teacher: MMDiTConfig, heads_config: Any, heads: Any, data: dict, draws: dict, args: argparse.Namespace
-) -> dict:
-    """(first call, median) seconds of the PyTorch reference, eager and, unless --no-torch-compile,
-    torch.compile'd (a failure to compile is reported, not raised: it needs a C++ compiler or Triton). Its GPU
-    memory is handed back before returning, for XLA."""
-    import gc
+@dataclasses.dataclass
+class _TorchLadd:
+    """The PyTorch reference step on the bench's weights, batch and draws: `call()` runs one step's gradients."""
 
-    import torch
+    reference: Any
+    batch: dict
+    noise: dict
+    device: str
 
-    out = _torch_ladd_times(config, teacher, heads_config, heads, data, draws, args)
-    torch.compiler.reset()  # compiled graphs hold on to the models
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return out
+    def call(self) -> None:
+        import torch
+
+        self.reference.gradients(self.batch, self.noise)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def release(self) -> None:
+        """Drops the models and compiled graphs, and hands GPU memory back (for XLA)."""
+        import gc
+
+        import torch
+
+        self.reference, self.batch, self.noise = None, {}, {}
+        torch.compiler.reset()  # compiled graphs hold on to the models
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
-def _torch_ladd_times(
-    config: Any, teacher: MMDiTConfig, heads_config: Any, heads: Any, data: dict, draws: dict, args: argparse.Namespace
-) -> dict:
+def _torch_reference(
+    config: Any, teacher: MMDiTConfig, heads_config: Any, heads: Any, data: dict, draws: dict
+) -> _TorchLadd:
     import torch
     from diffusers import SD3Transformer2DModel
 
     from ladd_jax.torch_ref.ladd_step import LaddReference, heads_from_jax, torch_inputs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
     with torch.device(device):  # initialised where it runs: a CPU init of a 2B-param model takes minutes
         t_model = SD3Transformer2DModel(**{k: v for k, v in teacher.to_diffusers().items() if k != "_class_name"})
     s_model = copy.deepcopy(t_model)
     if config.teacher_dtype == "bfloat16":  # as the JAX teacher's params; autocast computes in bfloat16 either way
         t_model = t_model.to(torch.bfloat16)
     reference = LaddReference.from_config(config, t_model, s_model, heads_from_jax(heads_config, heads).to(device))
-    batch, noise = torch_inputs(data, device), torch_inputs(draws, device)
+    return _TorchLadd(reference, torch_inputs(data, device), torch_inputs(draws, device), device)
 
-    def call() -> None:
-        reference.gradients(batch, noise)
-        sync()
 
-    out = {"torch_eager": _time(call, args.steps)}
+def _time_torch(
+    torch_ladd: _TorchLadd, args: argparse.Namespace, result: dict, report: Callable, flops: float, eager: bool
+) -> None:
+    """Times the reference alone: eager (when `eager`) and, unless --no-torch-compile, torch.compile'd (a failure
+    to compile is reported, not raised: it needs a C++ compiler or Triton)."""
+    import torch
+
+    if eager:
+        report("torch_eager", *_time(torch_ladd.call, args.steps), flops)
     if not args.no_torch_compile:
         try:
-            reference.compile()
-            out["torch_compile"] = _time(call, args.steps)
+            torch_ladd.reference.compile()
+            report("torch_compile", *_time(torch_ladd.call, args.steps), flops)
         except Exception as e:  # whatever the toolchain raises, the eager figures stand
-            out["torch_compile_error"] = f"{type(e).__name__}: {str(e).strip()[:300]}"
-    out["torch_device"] = device
-    out["torch_threads"] = torch.get_num_threads()
-    return out
+            result["torch_compile_error"] = f"{type(e).__name__}: {str(e).strip()[:300]}"
+    result["torch_device"] = torch_ladd.device
+    result["torch_threads"] = torch.get_num_threads()
 
 
 def bench_attention(args: argparse.Namespace) -> dict:
