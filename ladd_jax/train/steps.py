@@ -223,7 +223,9 @@ class Game:
         distill = distill_loss(x0_hat, denoise(x_d, v, t_d))
         return self.config.distill_weight * distill, dict(distill=distill)
 
-    def g_gradient(self, disc_params: Any, x0_hat: jax.Array, fake: tuple, fake_pull_back: Callable | None) -> Any:
+    def g_gradient(
+        self, disc_params: Any, x0_hat: jax.Array, fake: tuple, fake_pull_back: Callable | None
+    ) -> tuple[Objective, jax.Array]:
         """(G loss, its parts), d loss / d x0_hat: directly, plus through the teacher's features when adversarial."""
         objective = functools.partial(self.g_objective, disc_params)
         (total, aux), (x0_grad, fake_grad) = jax.value_and_grad(objective, (0, 1), has_aux=True)(x0_hat, fake)
