@@ -10,3 +10,11 @@ def cpu_env(devices: int) -> dict[str, str]:
     kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
     flags = " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
     return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+
+
+def optimised_env() -> dict[str, str]:
+    """os.environ with XLA:CPU's LLVM optimisation back on (conftest.py turns it off), at level 1: for subprocesses
+    that train or sample for long enough to repay it. Level 1 compiles the toy LADD step in 47 s instead of level 2's
+    55 at the same step time (`ladd-jax demo --quick`: 3.3 instead of 3.7 minutes alone, the same numbers)."""
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_backend_optimization")]
+    return {**os.environ, "XLA_FLAGS": " ".join([*kept, "--xla_backend_optimization_level=1"])}

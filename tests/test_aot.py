@@ -55,6 +55,7 @@ def test_report_parts_and_plan(plan):
     assert json.loads(json.dumps(plan))["peak_bytes"] == plan["peak_bytes"]
 
 
+@pytest.mark.slow  # 30 s; CI trains with offloaded state (tests/test_train.py)
 def test_offloaded_state_leaves_the_device_plan(plan):
     """EMA and Adam moments in host memory (config.offload): the same state, now counted apart from the device's
     peak. XLA:CPU plans one memory space, so there the device peak is the plan's minus the offloaded bytes."""
@@ -76,6 +77,7 @@ def test_blockwise_attention_leaves_no_attention_matrix_in_the_plan(plan):
     assert holds_matrix(plan) and not holds_matrix(blockwise)
 
 
+@pytest.mark.slow  # 50 s (a compile per batch tried); CI checks the plan and its report above
 def test_device_memory_verdict_and_largest_batch(plan):
     """A device with exactly batch 1's peak usable: it fits, and batch 2 (which plans more) does not."""
     report = aot_report(_config(), TEACHER, RESOLUTION, device_memory=plan["peak_bytes"] / USABLE_FRACTION)

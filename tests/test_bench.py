@@ -34,6 +34,7 @@ def _report(capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 25 s; CI runs the pipeline bench and the LADD bench's report
 def test_bench_mmdit_runs(capsys):
     assert main(["bench", "mmdit", "--steps", "1", "--no-torch", "--resolution", "32", "--batch", "1"]) == 0
     report = _report(capsys)
@@ -86,6 +87,7 @@ def test_bench_ladd_needs_a_config_file(capsys):
     assert "no file no/such/ladd.py" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 22 s; CI checks blockwise attention itself (tests/test_attention.py)
 def test_bench_attention_runs(capsys):
     """At 1024 + 333 tokens: both implementations timed; blockwise plans fewer temporaries than the matrix."""
     assert main(["bench", "attention", "--steps", "1", "--resolution", "512", "--json"]) == 0

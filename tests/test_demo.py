@@ -5,11 +5,11 @@ frozen-heads control."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+from cpu_devices import optimised_env
 
 from ladd_jax.cli import main
 from ladd_jax.errors import LaddError
@@ -21,10 +21,9 @@ def report(tmp_path_factory):
     """`ladd-jax demo --quick` as a user runs it, in a subprocess with XLA:CPU's optimisation on: it trains and
     samples enough for optimised code to repay its compile time (tests/conftest.py turns it off elsewhere)."""
     out = tmp_path_factory.mktemp("demo")
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_backend_optimization")]
     run = subprocess.run(
         [sys.executable, "-m", "ladd_jax.cli", "demo", "--quick", "--out", str(out)],
-        env={**os.environ, "XLA_FLAGS": " ".join(flags)},
+        env=optimised_env(),
         capture_output=True,
         text=True,
     )

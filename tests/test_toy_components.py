@@ -174,6 +174,7 @@ def _ridge_probe_accuracy(x: np.ndarray, labels: list[str], train: int) -> float
     return float((np.argmax(x[train:] @ w, 1) == np.argmax(y[train:], 1)).mean())
 
 
+@pytest.mark.slow  # 43 s; a measurement of the shipped encoders, which CI's other tests here load and check
 def test_a_linear_probe_reads_every_attribute_from_the_frozen_text_features(pipe):
     """What the teacher's MMDiT must read from its random frozen encoders is there, linearly: colour, shape and
     size of both objects, their number and relation, from the context tokens and from the pooled vector alone

@@ -46,6 +46,8 @@ def method(config: ml_collections.ConfigDict) -> str:
         raise LaddError("lcm has no discriminator: set adv_weight=0 (or train method d2g/ladd for an adversarial term)")
     if name == "lcm" and config.get("conditioned"):
         raise LaddError("lcm takes no conditioning latents yet; distil a conditioned teacher with ladd, add or d2g")
+    if uses_heads(config) and config.disc.train and config.get("d_steps", 1) < 1:
+        raise LaddError(f"config.d_steps={config.d_steps}: heads need at least one update a step (or disc.train=False)")
     return name
 
 
