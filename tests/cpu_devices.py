@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 
 def cpu_env(devices: int) -> dict[str, str]:
@@ -18,3 +20,11 @@ def optimised_env() -> dict[str, str]:
     55 at the same step time (`ladd-jax demo --quick`: 3.3 instead of 3.7 minutes alone, the same numbers)."""
     kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_backend_optimization")]
     return {**os.environ, "XLA_FLAGS": " ".join([*kept, "--xla_backend_optimization_level=1"])}
+
+
+def run_optimised_cli(*args: str) -> None:
+    """`ladd-jax ARGS` as a user runs it, in a subprocess with `optimised_env`; its stderr's end on failure."""
+    run = subprocess.run(
+        [sys.executable, "-m", "ladd_jax.cli", *args], env=optimised_env(), capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-4000:]

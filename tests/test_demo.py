@@ -5,11 +5,9 @@ frozen-heads control."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from cpu_devices import optimised_env
+from cpu_devices import run_optimised_cli
 
 from ladd_jax.cli import main
 from ladd_jax.errors import LaddError
@@ -21,13 +19,7 @@ def report(tmp_path_factory):
     """`ladd-jax demo --quick` as a user runs it, in a subprocess with XLA:CPU's optimisation on: it trains and
     samples enough for optimised code to repay its compile time (tests/conftest.py turns it off elsewhere)."""
     out = tmp_path_factory.mktemp("demo")
-    run = subprocess.run(
-        [sys.executable, "-m", "ladd_jax.cli", "demo", "--quick", "--out", str(out)],
-        env=optimised_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
+    run_optimised_cli("demo", "--quick", "--out", str(out))
     return out
 
 

@@ -7,14 +7,12 @@ steps: if they cannot, no LADD run can be read. (The frozen-heads control's swit
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from cpu_devices import optimised_env
+from cpu_devices import run_optimised_cli
 
 from ladd_jax.train.checkpoint import read_meta, restore_params
 from ladd_jax.train.writer import read_metrics
@@ -26,15 +24,6 @@ HEADS_ALONE_STEPS = 120
 HEADS_ALONE_TARGET = 0.9
 
 
-def run_cli(*args: str) -> None:
-    """`ladd-jax ARGS` in a subprocess with XLA:CPU's optimisation on: these runs sample and train for long enough
-    to repay it (tests/cpu_devices.py)."""
-    run = subprocess.run(
-        [sys.executable, "-m", "ladd_jax.cli", *args], env=optimised_env(), capture_output=True, text=True
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     """64 train-split prompts sampled by the shipped teacher (20 Euler steps, CFG 3): the real latents."""
@@ -44,13 +33,13 @@ def synth(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("game")
     prompts = write_prompts(read_toy_world(TEACHER), "train", 64, 0, root / "prompts.txt")
     synth = ["--num-steps", "20", "--cfg", "3", "--max-sequence-length", "16", "--batch-size", "32"]
-    run_cli("synth", "--model", str(TEACHER), "--prompts", str(prompts), "--out", str(root / "synth"), *synth)
+    run_optimised_cli("synth", "--model", str(TEACHER), "--prompts", str(prompts), "--out", str(root / "synth"), *synth)
     return root / "synth"
 
 
 def test_heads_alone_separate_teacher_samples_from_one_step_outputs(synth, tmp_path):
     one_step = [f"--config.student.{k}=(1.0,)" for k in ("timesteps", "probs", "warmup_probs")]
-    run_cli(
+    run_optimised_cli(
         "train",
         "--config",
         f"{ROOT / 'configs' / 'ladd.py'}:toy",
