@@ -10,9 +10,8 @@ from pathlib import Path
 # the same LADD step in several runs and processes. Set before anything imports jax.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ladd_jax_xla_cache_"))
 # The tests' programs are small and compiled once or twice each: XLA:CPU's LLVM optimisation costs them more time
-# than it saves (with test_demo.py's run kept optimised: the suite 28 -> 22 minutes on a 2-core AMD EPYC); a result
-# that depended on it would be a bug.
-# Subprocesses keep it (tests/cpu_devices.py).
+# than it saves (the suite 28 -> 22 minutes on a 2-core AMD EPYC); a result that depended on it would be a bug.
+# Subprocesses keep it, except the `ladd-jax` runs that train or sample for long (tests/cpu_devices.py).
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 

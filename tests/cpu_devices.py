@@ -1,4 +1,5 @@
-"""Environments for test subprocesses on simulated CPU devices, keeping the session's XLA flags (conftest.py)."""
+"""Test subprocesses: environments (simulated CPU devices; XLA:CPU's optimisation back on) that keep the session's
+other XLA flags (conftest.py), and `ladd-jax` run as a user runs it."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import subprocess
 import sys
 
 
+def _xla_flags_with(flag: str) -> str:
+    """The session's XLA_FLAGS with `flag` (--name=value) in place of any other value of the same name."""
+    name = flag.split("=")[0]
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.split("=")[0] != name]
+    return " ".join([*kept, flag])
+
+
 def cpu_env(devices: int) -> dict[str, str]:
     """os.environ with `devices` simulated CPU devices and JAX on the CPU; the other XLA flags are kept."""
-    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
-    flags = " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+    flags = _xla_flags_with(f"--xla_force_host_platform_device_count={devices}")
     return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
 
 
@@ -18,8 +25,7 @@ def optimised_env() -> dict[str, str]:
     """os.environ with XLA:CPU's LLVM optimisation back on (conftest.py turns it off), at level 1: for subprocesses
     that train or sample for long enough to repay it. Level 1 compiles the toy LADD step in 47 s instead of level 2's
     55 at the same step time (`ladd-jax demo --quick`: 3.3 instead of 3.7 minutes alone, the same numbers)."""
-    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_backend_optimization")]
-    return {**os.environ, "XLA_FLAGS": " ".join([*kept, "--xla_backend_optimization_level=1"])}
+    return {**os.environ, "XLA_FLAGS": _xla_flags_with("--xla_backend_optimization_level=1")}
 
 
 def run_optimised_cli(*args: str) -> None:
