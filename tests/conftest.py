@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -95,16 +96,32 @@ def tiny_synth(teacher: Path, prompts: Path, out: Path, **overrides) -> dict:
     return run_synth(model=str(teacher), prompts=str(prompts), out=str(out), **{**TINY_SYNTH, **overrides})
 
 
+def _shared_dir(tmp_path_factory, worker_id: str, name: str) -> Path:
+    """A folder for a session fixture that xdist's workers build once and share: under the session's common
+    temporary root when the suite runs on several workers, the worker's own otherwise."""
+    if worker_id == "master":  # one process (-n 0)
+        return tmp_path_factory.mktemp(name)
+    return tmp_path_factory.getbasetemp().parent / name
+
+
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> dict[str, Path]:
+def world(tmp_path_factory, worker_id) -> dict[str, Path]:
     """A tiny random teacher folder and 16 synthetic records it generated (2 Euler steps, CFG 2), shared by the
-    trainer tests of the session."""
-    root = tmp_path_factory.mktemp("ladd")
-    teacher = write_tiny_sd3_folder(root / "teacher")
-    prompts = root / "prompts.txt"
-    prompts.write_text("\n".join(f"a photo of thing {i}" for i in range(16)))
-    tiny_synth(teacher, prompts, root / "data")
-    return dict(teacher=teacher, data=root / "data")
+    trainer tests of the session (built once, by whichever worker asks first)."""
+    from filelock import FileLock
+
+    root = _shared_dir(tmp_path_factory, worker_id, "ladd_world")
+    teacher, data = root / "teacher", root / "data"
+    with FileLock(f"{root}.lock"):
+        if not (root / "built").exists():
+            shutil.rmtree(root, ignore_errors=True)  # a build that an earlier failure left half done
+            root.mkdir(parents=True)
+            write_tiny_sd3_folder(teacher)
+            prompts = root / "prompts.txt"
+            prompts.write_text("\n".join(f"a photo of thing {i}" for i in range(16)))
+            tiny_synth(teacher, prompts, data)
+            (root / "built").touch()
+    return dict(teacher=teacher, data=data)
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,11 @@ def saved_params(workdir: Path, step: int, name: str = "student") -> dict:
     return restore_params(workdir, step, name, abstract_params(student_config(meta)))
 
 
+def logged_losses(workdir: Path) -> dict[int, tuple[float, float]]:
+    """step -> (d_loss, g_loss) as last logged: a run resumed in a copy of another's workdir appends to its log."""
+    return {r["step"]: (r["d_loss"], r["g_loss"]) for r in read_metrics(workdir)}
+
+
 def assert_trees_equal(a, b, atol: float = 0.0) -> None:
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
@@ -99,15 +104,6 @@ def test_run_logs_checkpoints_and_learns_something(straight):
     assert "teacher" not in json.dumps([p.name for p in state_dir.rglob("*")])
 
 
-def test_stopped_and_resumed_equals_uninterrupted(world, straight, tmp_path):
-    train_and_evaluate(tiny_config(world, total_steps=2), tmp_path)  # stops after the step-2 checkpoint
-    train_and_evaluate(tiny_config(world), tmp_path)  # resumes, data iterator included
-    assert_trees_equal(saved_params(tmp_path, 4), saved_params(straight, 4))
-    assert_trees_equal(saved_params(tmp_path, 4, "ema"), saved_params(straight, 4, "ema"))
-    losses = lambda w: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(w)]
-    assert losses(tmp_path) == losses(straight)
-
-
 def test_offloaded_state_lives_in_host_memory_and_trains_the_same(world, straight, tmp_path):
     offload = ("ema", "g_opt", "d_opt")
     config = tiny_config(world, offload=offload)
@@ -130,13 +126,14 @@ def test_offloaded_state_lives_in_host_memory_and_trains_the_same(world, straigh
     train_and_evaluate(config, tmp_path)
     assert_trees_equal(saved_params(tmp_path, 4), saved_params(straight, 4))
     assert_trees_equal(saved_params(tmp_path, 4, "ema"), saved_params(straight, 4, "ema"))
-    losses = lambda w: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(w)][-2:]  # steps 3 and 4
-    assert losses(tmp_path) == losses(straight)
+    assert logged_losses(tmp_path) == logged_losses(straight)
     with pytest.raises(LaddError, match="config.offload names"):
         train_and_evaluate(tiny_config(world, offload=("student",)), tmp_path / "bad")
 
 
 def test_sigterm_saves_then_resume_continues(world, straight, tmp_path, monkeypatch):
+    """Preempted during step 3, the run saves that step; restarted, it resumes (data iterator included) and is the
+    uninterrupted run: params, EMA and every step's losses."""
     calls = {"n": 0}
     original = Loader.__next__
 
@@ -152,9 +149,13 @@ def test_sigterm_saves_then_resume_continues(world, straight, tmp_path, monkeypa
     monkeypatch.setattr(Loader, "__next__", original)
     train_and_evaluate(tiny_config(world, checkpoint_every=100), tmp_path)
     assert_trees_equal(saved_params(tmp_path, 4), saved_params(straight, 4))
+    assert_trees_equal(saved_params(tmp_path, 4, "ema"), saved_params(straight, 4, "ema"))
+    assert logged_losses(tmp_path) == logged_losses(straight)
 
 
 def test_damaged_latest_checkpoint_names_it_and_previous_restores(world, straight, tmp_path):
+    """A damaged latest checkpoint is named with the step to restore instead; resumed from that one (the straight
+    run's step 2, data iterator included), the run is the uninterrupted one: params, EMA and logged losses."""
     workdir = tmp_path / "w"
     shutil.copytree(straight, workdir)
     for f in (workdir / "checkpoints" / "4" / "state").rglob("*"):
@@ -166,6 +167,8 @@ def test_damaged_latest_checkpoint_names_it_and_previous_restores(world, straigh
     shutil.rmtree(workdir / "checkpoints" / "4")
     train_and_evaluate(tiny_config(world), workdir)
     assert_trees_equal(saved_params(workdir, 4), saved_params(straight, 4))
+    assert_trees_equal(saved_params(workdir, 4, "ema"), saved_params(straight, 4, "ema"))
+    assert logged_losses(workdir) == logged_losses(straight)
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(world, straight, tmp_path):
@@ -242,7 +245,7 @@ def run_mesh(
 
 def test_eight_device_mesh_matches_one_device(world, straight, tmp_path):
     """Two steps on 8 devices (data 2 x FSDP 4) against the straight run's first two on this process's one device
-    (its first steps do not depend on where it stops: test_stopped_and_resumed_equals_uninterrupted)."""
+    (its first steps do not depend on where it stops: test_damaged_latest_checkpoint_names_it_and_previous_restores)."""
     run_mesh(world, tmp_path / "eight", devices=8, data_axis=2, fsdp=4)
     one, eight = read_metrics(straight)[:2], read_metrics(tmp_path / "eight")
     for a, b in zip(one, eight, strict=True):
