@@ -57,8 +57,11 @@ def main() -> None:
 
     step, meta = read_meta(args.workdir)
     config = ml_collections.ConfigDict(meta["config"])
-    if config.method != "ladd":
-        raise SystemExit(f"{args.workdir} is a {config.method!r} run; the probe reads LADD's heads on teacher features")
+    if config.method != "ladd" or config.get("conditioned"):
+        raise SystemExit(
+            f"{args.workdir} is not a text-to-image LADD run (method {config.method!r}, conditioned "
+            f"{bool(config.get('conditioned'))}); the probe reads LADD's heads on a text-to-image teacher's features"
+        )
     pipe = SD3Pipeline.from_pretrained(config.teacher)
     world = read_toy_world(config.teacher)
     teacher = MMDiT(pipe.transformer_config)
