@@ -78,7 +78,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.d_steps = 1  # D updates per G update
     c.train_student = True  # False: no G updates, the heads alone against the fixed student (can they learn?)
     c.r1_gamma = 0.0  # ADD uses 1e-5 on the heads' inputs
-    c.misaligned_weight = 0.0  # >0: real latents with another sample's text as extra fakes
+    c.misaligned_weight = 0.0  # >0: real latents with text they do not match as extra fakes (SANA-Sprint's pairs)
+    # Their text: "batch" (the next sample's: SANA-Sprint's random pairs) or "records" (a caption that differs from
+    # the latent's in one detail, stored by `ladd-jax synth --mismatch-column`: hard negatives, which the heads can
+    # only reject by reading that detail).
+    c.misaligned_source = "batch"
     c.distill_weight = 0.0  # >0: ADD-style distillation loss to the teacher's denoised estimate (ADD: 2.5)
 
     # Optimisers (AdamW, linear warm-up then constant; unconfirmed).

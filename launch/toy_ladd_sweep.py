@@ -63,7 +63,7 @@ def main() -> None:
     from ladd_jax.pipeline import SD3Pipeline
     from ladd_jax.toy.components import read_toy_world
     from ladd_jax.toy.evaluator import load_evaluator
-    from ladd_jax.toy.world import sample_scenes, write_prompts
+    from ladd_jax.toy.world import sample_scenes, write_mismatched_prompts, write_prompts
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -73,16 +73,27 @@ def main() -> None:
     ap.add_argument("--synth-prompts", type=int, default=DemoConfig().synth_prompts, help="synthetic latents")
     ap.add_argument("--eval-prompts", type=int, default=128)
     ap.add_argument("--split", default="test", help="the split of the measured prompts (other scenes than the data's)")
+    ap.add_argument(
+        "--mismatch",
+        choices=("shape", "color", "size"),
+        help="the data also hold each prompt's caption with this attribute of one object changed (hard misaligned "
+        "pairs for runs with misaligned_weight>0,misaligned_source=records); a new OUT, as the data differ",
+    )
     ap.add_argument("--run", action="append", required=True)
     args = ap.parse_args()
     out, demo = Path(args.out), DemoConfig()
     out.mkdir(parents=True, exist_ok=True)
     teacher = SD3Pipeline.from_pretrained(args.teacher)
     world, evaluator = read_toy_world(args.teacher), load_evaluator(demo.evaluator)
-    prompts = write_prompts(world, "train", args.synth_prompts, 0, out / "prompts.txt", overwrite=True)
+    if args.mismatch:  # the same prompts (and so the same latents), each with its mismatched caption
+        prompts = out / "prompts.jsonl"
+        write_mismatched_prompts(world, "train", args.synth_prompts, 0, args.mismatch, prompts, overwrite=True)
+    else:
+        prompts = write_prompts(world, "train", args.synth_prompts, 0, out / "prompts.txt", overwrite=True)
     run_synth(
         model=args.teacher,
         prompts=str(prompts),
+        mismatch_column="mismatch" if args.mismatch else None,
         out=str(out / "synth"),
         num_steps=demo.synth_steps,
         cfg=demo.cfg,

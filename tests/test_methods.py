@@ -16,7 +16,7 @@ from ladd_jax.models.vae import AutoencoderKL, unscale_latents
 from ladd_jax.train import methods, sharding
 from ladd_jax.train.loop import build, make_loader, train_and_evaluate
 from ladd_jax.train.state import init_state
-from ladd_jax.train.steps import step_draws
+from ladd_jax.train.steps import Game, step_draws
 from ladd_jax.train.writer import read_metrics
 
 
@@ -198,3 +198,20 @@ def test_method_errors(world, features, tmp_path):
         train_and_evaluate(tiny_config(world, "add"), tmp_path)
     with pytest.raises(LaddError, match="lcm.skip"):
         train_and_evaluate(method_config(world, features, "lcm", **{"lcm.skip": 99}), tmp_path)
+
+
+def test_misaligned_pairs_text_comes_from_the_batch_or_the_records(world):
+    config = tiny_config(world, misaligned_weight=1.0)
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    batch = {k: jnp.arange(6.0).reshape(3, 2) + i for i, k in enumerate(("latent", "context", "pooled"))}
+    batch |= {"mismatch_context": -batch["context"], "mismatch_pooled": -batch["pooled"]}
+    game = lambda c: Game(c, None, mesh, {}, batch, {})
+    assert methods.batch_fields(config) == ("latent", "context", "pooled")
+    rolled = game(config).misaligned_text  # random pairs: the next sample's text
+    np.testing.assert_array_equal(rolled[1], jnp.roll(batch["pooled"], 1, axis=0))
+    config.misaligned_source = "records"  # hard negatives: each record's own mismatched caption
+    assert methods.batch_fields(config) == ("latent", "context", "pooled", "mismatch_context", "mismatch_pooled")
+    np.testing.assert_array_equal(game(config).misaligned_text[0], -batch["context"])
+    config.misaligned_source = "shuffled"
+    with pytest.raises(LaddError, match="misaligned_source='shuffled'"):
+        methods.batch_fields(config)

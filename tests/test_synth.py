@@ -213,6 +213,36 @@ def test_prompt_files(tmp_path):
         read_prompts(tmp_path / "p.csv")
 
 
+def test_mismatched_captions_are_stored_for_hard_negatives(folder, pipe, reference, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    mismatch = ["a photo of a dog", "a blue circle"]
+    prompts.write_text(
+        "".join(json.dumps({"prompt": p, "mismatch": m}) + "\n" for p, m in zip(PROMPTS[:2], mismatch, strict=True))
+    )
+    out = tmp_path / "hard"
+    argv = ["synth", "--model", str(folder), "--prompts", str(prompts), "--out", str(out), "--num-prompts", "2"]
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
+    assert main([*argv, *flags, "--mismatch-column", "mismatch"]) == 0
+    fields = read_manifest(out)["fields"]
+    assert fields["mismatch_context"] == fields["context"] and fields["mismatch_pooled"] == fields["pooled"]
+    for got, want, caption in zip(iter_records(out), iter_records(reference), mismatch, strict=False):
+        np.testing.assert_array_equal(got["latent"], want["latent"])  # the same prompts and seeds: the same latents
+        embeds, _, pooled, _ = pipe.encode_prompt([caption], max_sequence_length=16)
+        np.testing.assert_array_equal(got["mismatch_context"], np.asarray(embeds)[0])
+        np.testing.assert_array_equal(got["mismatch_pooled"], np.asarray(pooled)[0])
+    batch = next(iter(Loader(out, 2, one_device_mesh(), fields=("latent", "mismatch_context", "mismatch_pooled"))))
+    assert batch["mismatch_pooled"].shape == (2, 80)
+    with pytest.raises(LaddError, match="no mismatched captions.*--mismatch-column"):
+        Loader(reference, 2, one_device_mesh(), fields=("latent", "mismatch_context", "mismatch_pooled"))
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "x"), "--mismatch-column", "mismatch", "--no-text-embeddings"]) == 2
+    assert "drop --no-text-embeddings" in capsys.readouterr().err
+    (tmp_path / "p.txt").write_text("a cat\n")
+    txt = ["synth", "--model", str(folder), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "x")]
+    assert main([*txt, "--mismatch-column", "mismatch"]) == 2
+    assert "mismatched captions come from a .jsonl or .parquet" in capsys.readouterr().err
+
+
 def test_cli_errors(folder, tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("")
     assert main(["synth", "--model", str(folder), "--prompts", str(tmp_path / "empty.txt"), "--out", "x"]) == 2

@@ -16,12 +16,15 @@ from ladd_jax.toy.world import (
     Scene,
     ToyWorld,
     is_held_out,
+    mismatched,
     parse_caption,
     place,
     render,
     render_dataset,
     sample_scenes,
+    scene_split,
     write_image_folder,
+    write_mismatched_prompts,
     write_prompts,
 )
 
@@ -135,6 +138,32 @@ def test_image_folder_and_prompt_file(tmp_path):
     prompts = write_prompts(WORLD, "train", 7, seed=2, path=tmp_path / "prompts.txt")
     assert prompts.read_text().splitlines() == [sc.caption() for sc in sample_scenes(WORLD, "train", 7, seed=2)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt", "real"]  # no temporary leftovers
+
+
+def test_mismatched_captions_differ_in_one_attribute_and_keep_the_split(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for scene in sample_scenes(WORLD, split, 200, seed=3):
+            for attribute in ("shape", "color", "size"):
+                try:
+                    changed = mismatched(WORLD, scene, attribute, rng)
+                except LaddError as e:  # a one-object test scene: changing its held-out pair leaves the split
+                    assert split == "test" and len(scene.objects) == 1 and "keeps" in str(e)
+                    continue
+                assert scene_split(WORLD, changed) == split and changed.relation == scene.relation
+                diffs = [(a, b) for a, b in zip(scene.objects, changed.objects, strict=True) if a != b]
+                assert len(diffs) == 1
+                (a, b), other = diffs[0], {"shape", "color", "size"} - {attribute}
+                assert getattr(a, attribute) != getattr(b, attribute)
+                assert all(getattr(a, k) == getattr(b, k) for k in other)
+    with pytest.raises(LaddError, match="choose shape, color or size"):
+        mismatched(WORLD, scene, "relation", rng)
+    path = write_mismatched_prompts(WORLD, "train", 7, 2, "shape", tmp_path / "p.jsonl")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["prompt"] for line in lines] == write_prompts(
+        WORLD, "train", 7, 2, tmp_path / "p.txt"
+    ).read_text().split("\n")[:-1]
+    assert all(line["mismatch"] != line["prompt"] for line in lines)
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,7 @@ from jax.sharding import PartitionSpec as P
 from ladd_jax.data.buckets import format_bucket
 from ladd_jax.data.records import (
     CORRUPT_ERRORS,
+    MISMATCH_FIELDS,
     TEXT_FIELDS,
     bucket_at,
     check_record,
@@ -184,6 +185,12 @@ class Loader:
             raise LaddError(
                 f"{data_dir} was written without text embeddings (--no-text-embeddings), so it has no {missing}; "
                 "encode the prompts at train time (the trainer's job), or re-run synth with text embeddings"
+            )
+        if any(f in MISMATCH_FIELDS for f in missing):
+            raise LaddError(
+                f"{data_dir} has no mismatched captions {missing}, which hard misaligned pairs read "
+                "(misaligned_source='records'): make the data with `ladd-jax synth --mismatch-column COLUMN`, or "
+                "set misaligned_source='batch'"
             )
         if missing:
             raise LaddError(f"{data_dir} has no {missing}; its records hold {sorted(manifest['fields'])}")

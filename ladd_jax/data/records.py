@@ -48,6 +48,9 @@ VERSION = 1
 BUCKETED_VERSION = 2  # per-bucket field shapes; written only by multi-aspect jobs, so one-size folders stay 1
 SOURCES = ("synthetic", "real")
 TEXT_FIELDS = ("context", "pooled")
+# The text embeddings of a caption that does not match the record's latent (synth's mismatch column): the
+# trainer's hard misaligned pairs (config misaligned_source "records").
+MISMATCH_FIELDS = ("mismatch_context", "mismatch_pooled")
 STORE_DTYPES = {
     "float32": np.dtype(np.float32),
     "bfloat16": np.dtype(ml_dtypes.bfloat16),

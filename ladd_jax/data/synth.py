@@ -43,7 +43,9 @@ import numpy as np
 
 from ladd_jax.data.buckets import Bucket, assign_buckets, buckets_from_column, resolve_buckets
 from ladd_jax.data.records import (
+    MISMATCH_FIELDS,
     STORE_DTYPES,
+    TEXT_FIELDS,
     check_output_folder,
     folder_fingerprint,
     iter_records,
@@ -84,6 +86,9 @@ class SynthConfig:
     # sampled at its bucket's size (data/buckets.py). None: every prompt at height x width.
     buckets: str | tuple | None = None
     bucket_column: str | None = None  # .jsonl field / .parquet column of "HxW" buckets; None: a seeded draw
+    # .jsonl field / .parquet column of a caption that does not match each prompt (e.g. one object's shape changed):
+    # its text embeddings are stored as mismatch_context / mismatch_pooled, the trainer's hard misaligned pairs.
+    mismatch_column: str | None = None
 
     def __post_init__(self):
         for name in ("num_steps", "batch_size", "shard_size"):
@@ -97,6 +102,8 @@ class SynthConfig:
             raise LaddError("give either buckets (one size per prompt) or height/width (one size for all), not both")
         if self.bucket_column and not self.buckets:
             raise LaddError(f"bucket_column={self.bucket_column!r} needs the job's buckets; pass --buckets too")
+        if self.mismatch_column and not self.text_embeddings:
+            raise LaddError("mismatch_column stores text embeddings of mismatched captions; drop --no-text-embeddings")
 
 
 def make_config(config: SynthConfig | Mapping[str, Any] | None = None, **overrides: Any) -> SynthConfig:
@@ -205,10 +212,16 @@ def pipeline_fingerprint(folder: str | Path, components: Sequence[str]) -> str:
 
 
 def _sampler(
-    pipe: Any, config: SynthConfig, prompts: list[str], layout: list[tuple[Bucket, list[int]]], settings: dict
+    pipe: Any,
+    config: SynthConfig,
+    prompts: list[str],
+    layout: list[tuple[Bucket, list[int]]],
+    settings: dict,
+    mismatched: list[str] | None = None,
 ) -> Callable:
     """produce(start, stop) for write_shards: the records [start, stop); `layout` lists each bucket's size and its
-    prompts in record order (one bucket of all prompts for a one-size job)."""
+    prompts in record order (one bucket of all prompts for a one-size job); `mismatched`: each prompt's
+    mismatched caption, whose text embeddings the records also hold."""
     import jax  # the CLI builds its parser from this module without loading jax
 
     cond = cond_source(config.prompts)
@@ -239,6 +252,10 @@ def _sampler(
         arrays["latent"] = latent
         if config.text_embeddings:
             arrays |= {"context": embeds, "pooled": pooled}
+        if mismatched is not None:
+            captions = [mismatched[i] for i in padded]
+            embeds, _, pooled, _ = pipe.encode_prompt(captions, None, config.max_sequence_length, False)
+            arrays |= dict(zip(MISMATCH_FIELDS, (embeds, pooled), strict=True))
         arrays = jax.device_get(arrays)
         for j, i in enumerate(items):
             record = {"prompt": prompts[i], "index": i, "seed": int(seeds[j]), "settings": settings}
@@ -306,6 +323,7 @@ def run_synth(
 
     config = make_config(config, **overrides)
     prompts = read_prompts(config.prompts, config.prompt_column)[: config.num_prompts]
+    mismatched = _read_mismatched(config, len(prompts))
     multiple, default = size_rules(config.model)  # fail before minutes of loading
     sizes, assigned = _bucket_prompts(config, len(prompts), multiple, default)
     check_output_folder(config.out)
@@ -341,6 +359,8 @@ def run_synth(
             config.store_dtype,
         )
         fields["pooled"] = ((t.pooled_projection_dim,), config.store_dtype)
+    if mismatched is not None:
+        fields |= {mismatch: fields[text] for mismatch, text in zip(MISMATCH_FIELDS, TEXT_FIELDS, strict=True)}
     settings = sampler | {
         "seed": config.seed,
         "batch_size_per_device": config.batch_size,
@@ -353,12 +373,26 @@ def run_synth(
         settings["cond_settings_sha256"] = hashlib.sha256(
             json.dumps(read_manifest(config.prompts)["settings"], sort_keys=True).encode()
         ).hexdigest()
+    if mismatched is not None:  # only then: the settings of a job without them stay as they were
+        settings["mismatch_sha256"] = hashlib.sha256(json.dumps(mismatched).encode()).hexdigest()
     if config.buckets is not None:  # the assignment decides the layout (a one-size job's settings stay as they were)
         settings["buckets_sha256"] = hashlib.sha256(assigned.astype(np.int64).tobytes()).hexdigest()
     origin = {"model": str(config.model), "prompts": str(config.prompts)}
     manifest = make_manifest("synthetic", len(prompts), config.shard_size, fields, settings, origin, buckets)
-    write_shards(config.out, manifest, _sampler(pipe, config, prompts, layout, sampler), desc="synth")
+    write_shards(config.out, manifest, _sampler(pipe, config, prompts, layout, sampler, mismatched), desc="synth")
     return manifest
+
+
+def _read_mismatched(config: SynthConfig, num: int) -> list[str] | None:
+    """Each prompt's mismatched caption (config.mismatch_column), or None without one."""
+    if not config.mismatch_column:
+        return None
+    if Path(config.prompts).suffix not in (".jsonl", ".parquet"):
+        raise LaddError(
+            f"{config.prompts} has no {config.mismatch_column!r} column: mismatched captions come from a .jsonl or "
+            ".parquet prompts file"
+        )
+    return read_prompts(config.prompts, config.mismatch_column)[:num]
 
 
 def _bucket_prompts(config: SynthConfig, num: int, multiple: int, default: int) -> tuple[list[Bucket], np.ndarray]:
@@ -421,6 +455,12 @@ def add_synth_parser(subparsers: argparse._SubParsersAction) -> None:
         "--buckets", help="multi-aspect: \"sd3\" (SD3's aspect ratios at the model's size) or HxW,HxW,... pixels"
     )
     p.add_argument("--bucket-column", dest="bucket_column", help='.jsonl field / .parquet column of "HxW" buckets')
+    p.add_argument(
+        "--mismatch-column",
+        dest="mismatch_column",
+        help=".jsonl field / .parquet column of a caption that does not match each prompt: its text embeddings are "
+        "stored for the trainer's hard misaligned pairs (misaligned_source=records)",
+    )
     p.set_defaults(fn=_run_cli)
 
 

@@ -403,3 +403,38 @@ def write_prompts(world: ToyWorld, split: str, num: int, seed: int, path: str | 
     with atomic_path(path, overwrite=overwrite, is_dir=False) as tmp:
         tmp.write_text("".join(c + "\n" for c in captions))
     return path
+
+
+def mismatched(world: ToyWorld, scene: Scene, attribute: str, rng: np.random.Generator) -> Scene:
+    """`scene` with one object's `attribute` ("shape", "color" or "size") replaced by another of the world's, drawn
+    from the changes that keep the scene's split: a caption that differs from the picture in one detail only (a
+    hard misaligned pair)."""
+    if attribute not in ("shape", "color", "size"):
+        raise LaddError(f"attribute {attribute!r}: choose shape, color or size")
+    split, candidates = scene_split(world, scene), []
+    for index, obj in enumerate(scene.objects):
+        for value in getattr(world, attribute + "s"):
+            objects = list(scene.objects)
+            objects[index] = dataclasses.replace(obj, **{attribute: value})
+            changed = dataclasses.replace(scene, objects=tuple(objects))
+            if value != getattr(obj, attribute) and scene_split(world, changed) == split:
+                candidates.append(changed)
+    if not candidates:
+        raise LaddError(f"no change of one object's {attribute} keeps {scene.caption()!r} in the {split} split")
+    return candidates[int(rng.integers(len(candidates)))]
+
+
+def write_mismatched_prompts(
+    world: ToyWorld, split: str, num: int, seed: int, attribute: str, path: str | Path, overwrite: bool = False
+) -> Path:
+    """`write_prompts`' captions as .jsonl, each with a "mismatch" caption (`mismatched`): the prompts file of
+    `ladd-jax synth --prompt-column prompt --mismatch-column mismatch`."""
+    path = Path(path)
+    rng = np.random.default_rng([seed, len(SPLITS)])
+    lines = [
+        json.dumps({"prompt": scene.caption(), "mismatch": mismatched(world, scene, attribute, rng).caption()})
+        for scene in sample_scenes(world, split, num, seed)
+    ]
+    with atomic_path(path, overwrite=overwrite, is_dir=False) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines))
+    return path

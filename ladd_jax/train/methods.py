@@ -21,9 +21,10 @@ from typing import Any
 import ml_collections
 from jax.sharding import Mesh
 
+from ladd_jax.data.records import MISMATCH_FIELDS
 from ladd_jax.errors import LaddError
 from ladd_jax.train.state import Models
-from ladd_jax.train.steps import BATCH_FIELDS, COND_FIELD, StepFn, make_train_step
+from ladd_jax.train.steps import BATCH_FIELDS, COND_FIELD, MISALIGNED_SOURCES, StepFn, make_train_step
 
 METHODS = ("ladd", "add", "lcm", "d2g")
 
@@ -46,6 +47,8 @@ def method(config: ml_collections.ConfigDict) -> str:
         raise LaddError("lcm has no discriminator: set adv_weight=0 (or train method d2g/ladd for an adversarial term)")
     if name == "lcm" and config.get("conditioned"):
         raise LaddError("lcm takes no conditioning latents yet; distil a conditioned teacher with ladd, add or d2g")
+    if config.misaligned_source not in MISALIGNED_SOURCES:
+        raise LaddError(f"config.misaligned_source={config.misaligned_source!r}: use one of {MISALIGNED_SOURCES}")
     if uses_heads(config) and config.disc.train and config.get("d_steps", 1) < 1:
         raise LaddError(f"config.d_steps={config.d_steps}: heads need at least one update a step (or disc.train=False)")
     return name
@@ -59,6 +62,8 @@ def batch_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The record fields a step reads: regression also needs the noise each teacher latent came from, and a
     conditioned model its conditioning latents."""
     extra = (("noise",) if method(config) == "d2g" else ()) + ((COND_FIELD,) if config.get("conditioned") else ())
+    if uses_heads(config) and config.misaligned_weight and config.misaligned_source == "records":
+        extra += MISMATCH_FIELDS
     return BATCH_FIELDS + extra
 
 

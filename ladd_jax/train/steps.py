@@ -9,6 +9,7 @@ regression game are subclasses, train/add.py and train/regression.py) with the o
     real   = teacher features of (1 - t_hat) x0     + t_hat eps_r      t_hat ~ logit-normal(m, s)
     fake   = teacher features of (1 - t_hat) x0_hat + t_hat eps_f
     D step (x d_steps): heads <- heads - grad_heads [d_loss(D(real), D(fake)) + gamma/2 R1 + w * misaligned]
+                        misaligned: real latents under text they do not match, as fakes
                         the teacher's features enter as constants: no gradient of the teacher is computed
     G step:             student <- student - grad_student [g_loss(D(fake(student)))  (+ lambda * distill)],
                         the gradient reaches the student through the teacher's activations; the teacher's
@@ -42,6 +43,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ladd_jax.data.records import MISMATCH_FIELDS
 from ladd_jax.flow import add_noise, denoise, sample_logit_normal, shift_sigma
 from ladd_jax.train.losses import Logits, d_accuracy, d_loss_parts, distill_loss, g_loss, r1_penalty
 from ladd_jax.train.sharding import constrain_batch, on_device, sharded_trace
@@ -52,6 +54,7 @@ BATCH_FIELDS = ("latent", "context", "pooled")
 # Conditioning latents of a conditioned model (inpainting: the masked image's latent and the mask; editing: the
 # source image's latent), concatenated to x on the channel axis of every model input (config.conditioned).
 COND_FIELD = "cond"
+MISALIGNED_SOURCES = ("batch", "records")
 Draws = dict[str, jax.Array]  # see `step_draws`
 Frozen = dict[str, Any]  # the frozen networks' params, by name ("teacher", ...)
 Features = dict[str, tuple[jax.Array, ...]]  # the D step's teacher features: real, fake (and misaligned)
@@ -92,11 +95,6 @@ def ema_update(ema: Any, params: Any, decay: float) -> Any:
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
-def _misaligned(ctx: jax.Array, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Every sample's text moved to the next sample."""
-    return jnp.roll(ctx, 1, axis=0), jnp.roll(pooled, 1, axis=0)
-
-
 @dataclasses.dataclass(frozen=True)
 class Game:
     """One step's game for a fixed teacher, batch and draws: the pieces `make_train_step` composes with the
@@ -131,6 +129,15 @@ class Game:
     def inputs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(x0, context, pooled)."""
         return tuple(self.batch[k] for k in BATCH_FIELDS)
+
+    @property
+    def misaligned_text(self) -> tuple[jax.Array, jax.Array]:
+        """(context, pooled) of the misaligned pairs: the next sample's text (config.misaligned_source "batch") or
+        the records' mismatched caption ("records")."""
+        if self.config.misaligned_source == "records":
+            return tuple(self.batch[k] for k in MISMATCH_FIELDS)
+        _, ctx, pooled = self.inputs
+        return jnp.roll(ctx, 1, axis=0), jnp.roll(pooled, 1, axis=0)
 
     def with_cond(self, x: jax.Array) -> jax.Array:
         """A model input: x with the batch's conditioning latents on the channel axis (student and teacher alike,
@@ -174,10 +181,9 @@ class Game:
             real=jax.lax.stop_gradient(self.features(x0, self.draws["eps_real"], ctx, pooled)),
             fake=jax.lax.stop_gradient(fake),
         )
-        if self.config.misaligned_weight:  # real latents with another sample's text: fakes with respect to that text
-            feats["misaligned"] = jax.lax.stop_gradient(
-                self.features(x0, self.draws["eps_real"], *_misaligned(ctx, pooled))
-            )
+        if self.config.misaligned_weight:  # real latents with text they do not match: fakes with respect to that text
+            mismatched = self.features(x0, self.draws["eps_real"], *self.misaligned_text)
+            feats["misaligned"] = jax.lax.stop_gradient(mismatched)
         return feats
 
     def d_objective(self, disc_params: Any, feats: Features) -> Objective:
@@ -197,7 +203,7 @@ class Game:
             aux["r1"] = r1_penalty(lambda f: self.heads(disc_params, f), feats["real"])
             loss = loss + 0.5 * config.r1_gamma * aux["r1"]
         if config.misaligned_weight:
-            mis_logits = self.heads(disc_params, feats["misaligned"], _misaligned(*self.inputs[1:])[1])
+            mis_logits = self.heads(disc_params, feats["misaligned"], self.misaligned_text[1])
             aux["d_loss_misaligned"] = d_loss_parts(mis_logits, mis_logits, kind)[1]
             loss = loss + config.misaligned_weight * aux["d_loss_misaligned"]
         return loss, aux
