@@ -16,7 +16,7 @@ from cpu_devices import cpu_env
 from configs.ladd import get_config
 from ladd_jax.errors import LaddError
 from ladd_jax.models.mmdit import MMDiTConfig, abstract_params, count_params
-from ladd_jax.train.aot import USABLE_FRACTION, aot_report, compile_plan, format_report
+from ladd_jax.train.aot import USABLE_FRACTION, aot_report, compile_plan, data_spec, format_report
 from ladd_jax.train.memory import parse_device_memory
 
 TEACHER = MMDiTConfig(**{**TINY_MMDIT, "num_layers": 2})
@@ -86,6 +86,12 @@ def test_device_memory_verdict_and_largest_batch(plan):
     assert verdict["peak_bytes_at_largest"] == plan["peak_bytes"]
     report["verdict"].update(fits=False, largest_per_device_batch=0)
     assert "does NOT fit; largest per-device batch that fits: 0" in format_report(report)
+
+
+def test_hard_misaligned_pairs_add_their_caption_to_the_data_spec():
+    spec = data_spec(_config(misaligned_weight=1.0, misaligned_source="records"), TEACHER, RESOLUTION, 77)
+    assert spec["mismatch_context"] == spec["context"] and spec["mismatch_pooled"] == spec["pooled"]
+    assert "mismatch_context" not in data_spec(_config(misaligned_weight=1.0), TEACHER, RESOLUTION, 77)
 
 
 def test_device_memory_and_resolution_errors():

@@ -16,12 +16,14 @@ from typing import Any
 import jax
 import ml_collections
 
+from ladd_jax.data.records import MISMATCH_FIELDS, TEXT_FIELDS
 from ladd_jax.errors import LaddError
 from ladd_jax.models.mmdit import MMDiTConfig, abstract_params
 from ladd_jax.models.vae import VAEConfig
 from ladd_jax.train import sharding
 from ladd_jax.train.loop import build, compile_step
 from ladd_jax.train.memory import GIB, hand_estimate, host_bytes, largest_buffers, plan_bytes, state_breakdown
+from ladd_jax.train.methods import batch_fields
 from ladd_jax.train.runner import step_flops
 
 # The share of a device's memory a step may plan for: the rest goes to the runtime, the allocator's
@@ -33,11 +35,14 @@ MAX_SEARCH_BATCH = 1024  # per device: the search stops doubling here
 def data_spec(config: ml_collections.ConfigDict, teacher: MMDiTConfig, resolution: int, clip_tokens: int) -> dict:
     """The loader's element_spec for `resolution`^2 images with stored text embeddings (shapes only)."""
     side = resolution // VAEConfig.preset("sd3").downscale
-    return dict(
+    spec = dict(
         latent=((side, side, teacher.in_channels), "float32"),
         context=((clip_tokens + config.max_sequence_length, teacher.joint_attention_dim), "float32"),
         pooled=((teacher.pooled_projection_dim,), "float32"),
     )
+    if MISMATCH_FIELDS[0] in batch_fields(config):  # hard misaligned pairs: a second caption's embeddings
+        spec |= {mismatch: spec[text] for mismatch, text in zip(MISMATCH_FIELDS, TEXT_FIELDS, strict=True)}
+    return spec
 
 
 def compile_plan(
