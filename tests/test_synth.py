@@ -240,7 +240,7 @@ def test_mismatched_captions_are_stored_for_hard_negatives(folder, pipe, referen
     (tmp_path / "p.txt").write_text("a cat\n")
     txt = ["synth", "--model", str(folder), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "x")]
     assert main([*txt, "--mismatch-column", "mismatch"]) == 2
-    assert "mismatched captions come from a .jsonl or .parquet" in capsys.readouterr().err
+    assert "has no 'mismatch' column; use .jsonl or .parquet" in capsys.readouterr().err
 
 
 def test_cli_errors(folder, tmp_path, capsys):

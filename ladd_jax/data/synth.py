@@ -383,16 +383,16 @@ def run_synth(
     return manifest
 
 
+def _column(config: SynthConfig, column: str, num: int) -> list[str]:
+    """A second column of the prompts file (bucket or mismatched caption), for its first `num` prompts."""
+    if Path(config.prompts).suffix not in (".jsonl", ".parquet"):
+        raise LaddError(f"{config.prompts} has no {column!r} column; use .jsonl or .parquet prompts that have it")
+    return read_prompts(config.prompts, column)[:num]
+
+
 def _read_mismatched(config: SynthConfig, num: int) -> list[str] | None:
     """Each prompt's mismatched caption (config.mismatch_column), or None without one."""
-    if not config.mismatch_column:
-        return None
-    if Path(config.prompts).suffix not in (".jsonl", ".parquet"):
-        raise LaddError(
-            f"{config.prompts} has no {config.mismatch_column!r} column: mismatched captions come from a .jsonl or "
-            ".parquet prompts file"
-        )
-    return read_prompts(config.prompts, config.mismatch_column)[:num]
+    return _column(config, config.mismatch_column, num) if config.mismatch_column else None
 
 
 def _bucket_prompts(config: SynthConfig, num: int, multiple: int, default: int) -> tuple[list[Bucket], np.ndarray]:
@@ -406,11 +406,7 @@ def _bucket_prompts(config: SynthConfig, num: int, multiple: int, default: int) 
     buckets = resolve_buckets(config.buckets, default, multiple)
     if not config.bucket_column:
         return list(buckets), assign_buckets(num, len(buckets), config.seed)
-    if Path(config.prompts).suffix == ".txt":
-        raise LaddError(
-            f"{config.prompts} is a .txt file, which has no {config.bucket_column!r} column; use .jsonl or .parquet"
-        )
-    values = read_prompts(config.prompts, config.bucket_column)[:num]
+    values = _column(config, config.bucket_column, num)
     return list(buckets), buckets_from_column(values, buckets, str(config.prompts))
 
 
