@@ -75,9 +75,10 @@ def main() -> None:
     ap.add_argument("--split", default="test", help="the split of the measured prompts (other scenes than the data's)")
     ap.add_argument(
         "--mismatch",
-        choices=("shape", "color", "size"),
-        help="the data also hold each prompt's caption with this attribute of one object changed (hard misaligned "
-        "pairs for runs with misaligned_weight>0,misaligned_source=records); a new OUT, as the data differ",
+        type=lambda s: tuple(s.split(",")),
+        help="ATTRIBUTE[,ATTRIBUTE...] of shape, color, size: the data also hold each prompt's caption with one "
+        "object's attribute (one of these, drawn per prompt) changed (hard misaligned pairs for runs with "
+        "misaligned_weight>0,misaligned_source=records); a new OUT, as the data differ",
     )
     ap.add_argument("--run", action="append", required=True)
     args = ap.parse_args()

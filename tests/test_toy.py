@@ -158,12 +158,23 @@ def test_mismatched_captions_differ_in_one_attribute_and_keep_the_split(tmp_path
                 assert all(getattr(a, k) == getattr(b, k) for k in other)
     with pytest.raises(LaddError, match="choose shape, color or size"):
         mismatched(WORLD, scene, "relation", rng)
-    path = write_mismatched_prompts(WORLD, "train", 7, 2, "shape", tmp_path / "p.jsonl")
+    path = write_mismatched_prompts(WORLD, "train", 7, 2, ("shape",), tmp_path / "p.jsonl")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["prompt"] for line in lines] == write_prompts(
         WORLD, "train", 7, 2, tmp_path / "p.txt"
     ).read_text().split("\n")[:-1]
     assert all(line["mismatch"] != line["prompt"] for line in lines)
+    # A mix: each caption changes one of the attributes, drawn per caption; a lone string is refused.
+    path = write_mismatched_prompts(WORLD, "train", 60, 2, ("shape", "color"), tmp_path / "mix.jsonl", overwrite=True)
+    changed, attributes = set(), ("shape", "color", "size")
+    for line in map(json.loads, path.read_text().splitlines()):
+        pairs = zip(*(parse_caption(WORLD, line[k]).objects for k in ("prompt", "mismatch")), strict=True)
+        (diff,) = [{k for k in attributes if getattr(a, k) != getattr(b, k)} for a, b in pairs if a != b]
+        changed |= diff
+        assert len(diff) == 1
+    assert changed == {"shape", "color"}
+    with pytest.raises(LaddError, match="non-empty list of attributes"):
+        write_mismatched_prompts(WORLD, "train", 7, 2, "shape", tmp_path / "q.jsonl")
 
 
 @pytest.fixture(scope="module")

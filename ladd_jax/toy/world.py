@@ -425,16 +425,28 @@ def mismatched(world: ToyWorld, scene: Scene, attribute: str, rng: np.random.Gen
 
 
 def write_mismatched_prompts(
-    world: ToyWorld, split: str, num: int, seed: int, attribute: str, path: str | Path, overwrite: bool = False
+    world: ToyWorld,
+    split: str,
+    num: int,
+    seed: int,
+    attributes: Sequence[str],
+    path: str | Path,
+    overwrite: bool = False,
 ) -> Path:
-    """`write_prompts`' captions as .jsonl, each with a "mismatch" caption (`mismatched`): the prompts file of
-    `ladd-jax synth --prompt-column prompt --mismatch-column mismatch`."""
+    """`write_prompts`' captions as .jsonl, each with a "mismatch" caption (`mismatched`) that changes one of
+    `attributes`, drawn per caption: the prompts file of `ladd-jax synth --prompt-column prompt --mismatch-column
+    mismatch`."""
+    if isinstance(attributes, str) or not attributes:
+        raise LaddError(f"attributes={attributes!r}: give a non-empty list of attributes, e.g. ('shape', 'color')")
     path = Path(path)
     rng = np.random.default_rng([seed, len(SPLITS)])
-    lines = [
-        json.dumps({"prompt": scene.caption(), "mismatch": mismatched(world, scene, attribute, rng).caption()})
-        for scene in sample_scenes(world, split, num, seed)
-    ]
+    # The attribute draws have their own stream, so that one attribute gives the same captions as a list of it.
+    pick = np.random.default_rng([seed, len(SPLITS), 1])
+    lines = []
+    for scene in sample_scenes(world, split, num, seed):
+        attribute = attributes[int(pick.integers(len(attributes)))]
+        mismatch = mismatched(world, scene, attribute, rng).caption()
+        lines.append(json.dumps({"prompt": scene.caption(), "mismatch": mismatch}))
     with atomic_path(path, overwrite=overwrite, is_dir=False) as tmp:
         tmp.write_text("".join(line + "\n" for line in lines))
     return path
