@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,36 @@ def test_bench_attention_runs(capsys):
     assert report["tokens"] == 32 * 32 + 333
     assert report["xla_fwd_bwd_s"] > 0 and report["blockwise_fwd_bwd_s"] > 0
     assert report["blockwise_temp_gib"] < report["xla_temp_gib"]
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="launch/large_block_cache.sh compiles its shim with cc")
+def test_large_block_cache_reuses_freed_blocks_instead_of_mapping_them_again():
+    """The bench diagnostic's shim (README, "Benchmarks"): 20 allocations of 256 MiB, each written and freed, fault
+    their pages in once under the shim and every time without it; realloc and small blocks still work."""
+    program = (
+        "import ctypes, resource\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.malloc.restype = libc.realloc.restype = ctypes.c_void_p\n"
+        "libc.realloc.argtypes, libc.free.argtypes = (ctypes.c_void_p, ctypes.c_size_t), (ctypes.c_void_p,)\n"
+        "size = 256 << 20\n"
+        "for _ in range(20):\n"
+        "    p = libc.malloc(size)\n"
+        "    ctypes.memset(p, 1, size)\n"
+        "    libc.free(ctypes.c_void_p(p))\n"
+        "p = libc.malloc(size)\n"
+        "ctypes.memset(p, 7, 64)\n"
+        "q = libc.realloc(p, 2 * size)\n"
+        "assert ctypes.string_at(q, 64) == bytes([7]) * 64\n"
+        "libc.free(ctypes.c_void_p(q))\n"
+        "small = [bytearray(1000) for _ in range(1000)]\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)\n"
+    )
+    script = Path(__file__).resolve().parents[1] / "launch" / "large_block_cache.sh"
+
+    def faults(*prefix: str) -> int:
+        run = subprocess.run([*prefix, sys.executable, "-c", program], capture_output=True, text=True, check=True)
+        return int(run.stdout.split()[-1])
+
+    pages = 20 * (256 << 20) // 4096
+    assert faults() > 0.9 * pages  # glibc maps every block afresh
+    assert faults("bash", str(script)) < 0.2 * pages  # the shim faults the first block's pages in, then reuses it
