@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ladd_jax.errors import LaddError
+from ladd_jax.models.group_norm import GroupNorm
 from ladd_jax.models.mmdit import layer_norm, timestep_embedding
 
 TIME_EMBED_DIM = 256  # sinusoid width of t_hat, as the MMDiT's own timestep embedding
@@ -74,12 +75,6 @@ def default_feature_layers(num_layers: int, stride: int = 1) -> tuple[int, ...]:
     return tuple(range(num_layers - 1, -1, -stride))[::-1]
 
 
-def _group_norm(x: jax.Array, groups: int, name: str) -> jax.Array:
-    """GroupNorm with fp32 statistics, returned in x's dtype; call inside a compact method."""
-    norm = nn.GroupNorm(num_groups=groups, epsilon=NORM_EPS, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
-    return norm(x.astype(jnp.float32)).astype(x.dtype)
-
-
 class ResBlock(nn.Module):
     """x + conv(SiLU(GroupNorm(x))), scaled by 1/sqrt(2) to keep the variance of the sum."""
 
@@ -89,7 +84,7 @@ class ResBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
         k = cfg.kernel_size
-        y = nn.silu(_group_norm(x, cfg.norm_groups, "norm"))
+        y = nn.silu(GroupNorm(cfg.norm_groups, NORM_EPS, name="norm")(x))
         y = nn.Conv(cfg.hidden, (k, k), padding="SAME", dtype=cfg.dtype, param_dtype=jnp.float32, name="conv")(y)
         return (x + y) * (1 / math.sqrt(2))
 
@@ -109,7 +104,7 @@ class Head(nn.Module):
         h = nn.Conv(cfg.hidden, (1, 1), dtype=cfg.dtype, param_dtype=jnp.float32, name="conv_in")(h)
         for i in range(cfg.num_blocks):
             h = ResBlock(cfg, name=f"block_{i}")(h)
-        h = nn.silu(_group_norm(h, cfg.norm_groups, "norm_out"))
+        h = nn.silu(GroupNorm(cfg.norm_groups, NORM_EPS, name="norm_out")(h))
 
         cond = jnp.concatenate([timestep_embedding(t_hat * TIME_SCALE, TIME_EMBED_DIM), pooled], axis=-1)
         cond = dense(cfg.cond_dim, "cond_2")(nn.silu(dense(cfg.cond_dim, "cond_1")(cond.astype(cfg.dtype))))

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ladd_jax.errors import LaddError
+from ladd_jax.models.group_norm import GroupNorm
 
 DOWN_BLOCK_TYPES = ("DownEncoderBlock2D",)
 UP_BLOCK_TYPES = ("UpDecoderBlock2D",)
@@ -165,19 +166,6 @@ def _conv(features: int, kernel: int, dtype: Any, name: str, stride: int = 1, pa
     )
 
 
-def _group_norm(x: jax.Array, groups: int, name: str) -> jax.Array:
-    """GroupNorm over (H, W, C/groups) in fp32, returned in x's dtype; must be called inside a compact method."""
-    norm = nn.GroupNorm(
-        num_groups=groups,
-        epsilon=RESNET_EPS,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        use_fast_variance=False,  # torch uses the two-pass variance; E[x^2]-E[x]^2 loses digits
-        name=name,
-    )
-    return norm(x.astype(jnp.float32)).astype(x.dtype)
-
-
 class Conv(nn.Module):
     """A 3x3 conv held as `conv`, as diffusers' Downsample2D/Upsample2D hold theirs."""
 
@@ -202,9 +190,9 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.act_fn]
-        h = act(_group_norm(x, self.groups, "norm1"))
+        h = act(GroupNorm(self.groups, RESNET_EPS, name="norm1")(x))
         h = _conv(self.out_channels, 3, self.dtype, "conv1")(h)
-        h = act(_group_norm(h, self.groups, "norm2"))
+        h = act(GroupNorm(self.groups, RESNET_EPS, name="norm2")(h))
         h = _conv(self.out_channels, 3, self.dtype, "conv2")(h)
         if x.shape[-1] != self.out_channels:
             x = _conv(self.out_channels, 1, self.dtype, "conv_shortcut")(x)
@@ -220,7 +208,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
-        y = _group_norm(x, self.groups, "group_norm").reshape(b, h * w, c)
+        y = GroupNorm(self.groups, RESNET_EPS, name="group_norm")(x).reshape(b, h * w, c)
         dense = lambda name: nn.Dense(c, dtype=self.dtype, param_dtype=jnp.float32, name=name)
         q, k, v = dense("to_q")(y), dense("to_k")(y), dense("to_v")(y)
         logits = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(c)
@@ -303,7 +291,7 @@ class Encoder(nn.Module):
             down = i < len(boc) - 1
             x = DownEncoderBlock(channels, cfg.layers_per_block, g, act, down, self.dtype, name=f"down_blocks_{i}")(x)
         x = MidBlock(g, act, cfg.mid_block_add_attention, self.dtype, name="mid_block")(x)
-        x = jax.nn.silu(_group_norm(x, g, "conv_norm_out"))  # conv_act is always SiLU, whatever act_fn
+        x = jax.nn.silu(GroupNorm(g, RESNET_EPS, name="conv_norm_out")(x))  # conv_act is always SiLU, whatever act_fn
         return _conv(2 * cfg.latent_channels, 3, self.dtype, "conv_out")(x)
 
 
@@ -322,7 +310,7 @@ class Decoder(nn.Module):
         for i, channels in enumerate(rev):
             up = i < len(rev) - 1
             x = UpDecoderBlock(channels, cfg.layers_per_block + 1, g, act, up, self.dtype, name=f"up_blocks_{i}")(x)
-        x = jax.nn.silu(_group_norm(x, g, "conv_norm_out"))
+        x = jax.nn.silu(GroupNorm(g, RESNET_EPS, name="conv_norm_out")(x))
         return _conv(cfg.out_channels, 3, self.dtype, "conv_out")(x)
 
 
