@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ladd_jax.errors import LaddError
-from ladd_jax.xla_flags import apply_cpu_defaults
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -131,7 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    apply_cpu_defaults()  # before any command starts jax's backend
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "takes_rest", False):

@@ -7,8 +7,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ladd_jax.xla_flags import apply_cpu_defaults
-
 # One persistent compilation cache for the session and every subprocess it starts: the trainer tests compile
 # the same LADD step in several runs and processes. Set before anything imports jax.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ladd_jax_xla_cache_"))
@@ -21,8 +19,6 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 import numpy as np
 import pytest
 from tokenizer_fixtures import randomize_, write_tiny_sd3_folder
-
-apply_cpu_defaults()  # the XLA:CPU flags `ladd-jax` runs with, here and in every subprocess (jax not started yet)
 
 TINY_MMDIT = dict(
     sample_size=16,
