@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -498,8 +499,9 @@ BENCHES = {"mmdit": bench_mmdit, "pipeline": bench_pipeline, "ladd": bench_ladd,
 
 
 def run(what: str, args: argparse.Namespace) -> dict:
-    """Runs a bench; prints a table and then the JSON line, or the JSON line alone with --json."""
-    result = BENCHES[what](args)
+    """Runs a bench; prints a table and then the JSON line, or the JSON line alone with --json. The figures name the
+    XLA flags they ran under: XLA:CPU's choice of dot kernels moves them by 10-20% (README "Benchmarks")."""
+    result = {**BENCHES[what](args), "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if not getattr(args, "json", False):
         width = max(len(k) for k in result)
         for k, v in result.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,7 @@ def test_bench_pipeline_runs(folder, capsys):
     assert main([*argv, "--resolution", "32", "--cfg", "3.0"]) == 0
     report = _report(capsys)
     assert report["resolution"] == 32 and report["sampling_steps"] == 2
+    assert report["xla_flags"] == os.environ.get("XLA_FLAGS", "")
     for key in ("jax_first_call_s", "jax_s_per_image", "torch_first_call_s", "torch_s_per_image", "torch_over_jax"):
         assert key in report
 
