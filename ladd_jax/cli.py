@@ -10,6 +10,9 @@ from pathlib import Path
 
 from ladd_jax.errors import LaddError
 
+# Commands whose figures are compile and run times: a warm persistent compilation cache would change them.
+TIMED_COMMANDS = ("bench", "aot")
+
 
 def _convert(args: argparse.Namespace) -> None:
     from ladd_jax.atomic import check_writable_destination
@@ -134,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "takes_rest", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command not in TIMED_COMMANDS:
+        from ladd_jax.compile_cache import enable_compilation_cache
+
+        enable_compilation_cache()
     try:
         args.fn(args, rest) if getattr(args, "takes_rest", False) else args.fn(args)
     except LaddError as e:
