@@ -65,10 +65,12 @@ def test_report_files_rows_and_paths(report):
     assert "| a | 1 | 1 |" in md and "| b | 1 | 1 |" in md and "| real renders (floor) |" in md
     assert "What you are looking at" in md and "](grid_1.png)" in md and "Targets" not in md
     assert "Where alignment is lost" in md and "| a | 1 | 1 | " in md.split("Where alignment is lost")[1]
+    assert "Which shapes" in md and "| cross |" in md.split("Which shapes")[1]
     for r in rows.values():
         assert r["attributes_train"]["all"] == r["alignment_train"] and "shape" in r["attributes_test"]
+        assert set(r["shapes_train"]) == {"circle", "square", "triangle", "cross", "small", "large"}
     page = (report / "report.html").read_text()
-    assert page.count("<tbody") == 8  # teacher, a, b, the floor: one group per model, in both tables
+    assert page.count("<tbody") == 12  # teacher, a, b, the floor: one group per model, in each of three tables
     assert "src='grid_0.png'" in page
 
 

@@ -280,11 +280,26 @@ def test_measure_reads_fd_alignment_and_attributes_in_one_pass(evaluator, real_t
         measured[name] = m["attributes"]
     assert 0.2 < measured["blurred"]["all"] < 0.9  # the equality above was checked away from 0 and 1 too
     assert set(measured["clean"]) == {"count", "axis", "shape", "color", "size", "all", "one_object", "two_objects"}
+    shapes = Measure(evaluator, "test", captions, reference_images=256, seed=5)(images)["shapes"]
+    assert list(shapes) == [*WORLD.shapes, *WORLD.sizes] and min(v for v in shapes.values() if v is not None) >= 0.97
     assert min(measured["clean"].values()) >= 0.97
     one = [parse_caption(WORLD, c).objects for c in captions]
     share_one = np.mean([len(o) == 1 for o in one])
     whole = measured["shuffled"]
     assert whole["all"] == pytest.approx(share_one * whole["one_object"] + (1 - share_one) * whole["two_objects"])
+
+
+def test_shape_accuracy_by_the_asked_shape_and_size():
+    from ladd_jax.toy.evaluator import accuracy, scene_labels, shape_accuracy_by
+
+    captions = ("a small red cross", "a large blue circle above a small green cross", "a large white square")
+    true = scene_labels(WORLD, [parse_caption(WORLD, c) for c in captions])
+    predicted = {k: v.copy() for k, v in true.items()}
+    (slot,) = [k for k in (0, 1) if true["shape"][1, k] == WORLD.shapes.index("cross")]
+    predicted["shape"][1, slot] = WORLD.shapes.index("circle")  # the second prompt's cross drawn as a circle
+    by = shape_accuracy_by(predicted, true, WORLD)
+    assert by == dict(circle=1.0, square=1.0, triangle=None, cross=0.5, small=0.5, large=1.0)
+    assert accuracy(predicted, true)["shape"] == 0.75  # the four objects, one of them wrong
 
 
 def test_evaluator_trains_saves_and_loads(tmp_path):

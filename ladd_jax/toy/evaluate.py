@@ -131,9 +131,10 @@ class Measure:
         self.reference = reference_stats(evaluator, reference_images, seed, split=split)
 
     def __call__(self, images: np.ndarray) -> dict[str, Any]:
-        """fd, alignment (the share of images showing exactly what their prompt asks) and attributes (the
-        evaluator's `accuracy`: which attributes the images get right, alignment being its "all")."""
-        from ladd_jax.toy.evaluator import accuracy
+        """fd, alignment (the share of images showing exactly what their prompt asks), attributes (the
+        evaluator's `accuracy`: which attributes the images get right, alignment being its "all") and shapes
+        (`shape_accuracy_by`: the right shape per asked shape and size)."""
+        from ladd_jax.toy.evaluator import accuracy, shape_accuracy_by
         from ladd_jax.toy.metrics import feature_stats, frechet_distance_from_stats
 
         if len(images) != len(self.prompts):
@@ -141,10 +142,14 @@ class Measure:
         feats, predicted = self.evaluator.run(images)
         fd = frechet_distance_from_stats(feature_stats(feats.astype(np.float64)), self.reference)
         attributes = accuracy(predicted, self.labels)
-        return dict(fd=float(fd), alignment=attributes["all"], attributes=attributes)
+        shapes = shape_accuracy_by(predicted, self.labels, self.evaluator.world)
+        return dict(fd=float(fd), alignment=attributes["all"], attributes=attributes, shapes=shapes)
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
+
+
+MEASURES = ("fd", "alignment", "attributes", "shapes")  # what `Measure` gives each row, per split
 
 
 def row_plan(students: list[str], config: EvalConfig) -> list[tuple[str, int, float, str]]:
@@ -180,7 +185,7 @@ def evaluate_students(
     """Samples and measures the row plan on both splits with the teacher (an `SD3Pipeline`) and the students
     (name -> exported pipeline folder; no name "teacher").
 
-    Returns (rows: model, steps, cfg, sampler, fd_SPLIT, alignment_SPLIT, attributes_SPLIT; real: the same
+    Returns (rows: model, steps, cfg, sampler and, per split, `MEASURES` (fd_SPLIT, ...); real: the same
     measures of real renders of the same prompts per split, FD's floor; grids: title -> labelled picture, a real
     render then every row)."""
     from ladd_jax.toy.evaluator import render_scenes
@@ -214,7 +219,7 @@ def evaluate_students(
                 else sampler.few_step(pipes[model].transformer_params, steps, cfg)
             )
             m = measure(images[n_grid:])
-            rows[key].update({f"{k}_{split}": m[k] for k in ("fd", "alignment", "attributes")})
+            rows[key].update({f"{k}_{split}": m[k] for k in MEASURES})
             columns.append((row_label(rows[key]), images[:n_grid]))
         # FD's floor at this N: real renders of the same prompts (other render seeds) against the reference.
         real[split] = measure(render_scenes(world, scenes, config.seed + 20 + i, "real renders"))

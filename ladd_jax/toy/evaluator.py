@@ -205,6 +205,21 @@ def accuracy(predicted: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> d
     return {k: None if v is None else float(v) for k, v in result.items()}
 
 
+def shape_accuracy_by(
+    predicted: dict[str, np.ndarray], true: dict[str, np.ndarray], world: ToyWorld
+) -> dict[str, float | None]:
+    """The share of objects drawn with the right shape, per shape and per size the prompt asks for ("cross",
+    "small", ...; None where no object asks for it): which objects the shape errors fall on."""
+    two = true["count"] == 1
+    applies = np.stack([np.ones_like(two), two], axis=1)
+    ok = (predicted["shape"] == true["shape"])[applies]
+    result = {}
+    for name, vocab in (("shape", world.shapes), ("size", world.sizes)):
+        asked = true[name][applies]
+        result.update({v: float(ok[asked == i].mean()) if (asked == i).any() else None for i, v in enumerate(vocab)})
+    return result
+
+
 def label_loss(logits: dict[str, jax.Array], labels: dict[str, jax.Array]) -> jax.Array:
     """Summed mean cross-entropy of the labels that apply (axis and slot 1 only for two-object scenes), for
     any net with `EvaluatorNet`'s logits layout (the toy latent feature net trains on it too)."""

@@ -279,6 +279,25 @@ def attributes_markdown(rows: list[dict], real: dict[str, dict]) -> str:
     return head + body + floor
 
 
+SHAPES_EXPLAINED = (
+    "**Which shapes.** The share of objects drawn with the right shape, per shape and per size the prompt asks "
+    "for (train / test split): where the shape errors of the table above fall."
+)
+
+
+def shapes_markdown(rows: list[dict], real: dict[str, dict]) -> str:
+    """`Measure`'s shapes of every row and of the real renders (per asked shape and size), "train / test"."""
+    names = list(real[SPLITS[0]]["shapes"])
+    head = "| model | steps | CFG | " + " | ".join(names) + " |\n|---|---|---|" + "---|" * len(names) + "\n"
+    share = lambda v: "-" if v is None else f"{v:.2f}"
+    cells = lambda by: " | ".join(f"{share(by['train'][k])} / {share(by['test'][k])}" for k in names)
+    body = "".join(
+        f"| {r['model']} | {r['steps']} | {r['cfg']:g} | " + cells({sp: r[f"shapes_{sp}"] for sp in SPLITS}) + " |\n"
+        for r in rows
+    )
+    return head + body + "| real renders | | | " + cells({sp: real[sp]["shapes"] for sp in SPLITS}) + " |\n"
+
+
 def targets_markdown(targets: list[dict]) -> str:
     head = "| split | target | measured | bound | |\n|---|---|---|---|---|\n"
     verdict = lambda t: "holds" if t["holds"] else "MISSED"
@@ -363,6 +382,8 @@ def demo_report(out: Path, result: dict[str, Any], grids: list[Figure], curves: 
         table_markdown(result["rows"], result["real_renders"]),
         ATTRIBUTES_EXPLAINED,
         attributes_markdown(result["rows"], result["real_renders"]),
+        SHAPES_EXPLAINED,
+        shapes_markdown(result["rows"], result["real_renders"]),
         "## Targets",
         targets_markdown(result["targets"]),
         "## Training",
@@ -395,6 +416,8 @@ def evaluation_report(out: Path, result: dict[str, Any], grids: list[Figure]) ->
         table_markdown(result["rows"], result["real_renders"]),
         ATTRIBUTES_EXPLAINED,
         attributes_markdown(result["rows"], result["real_renders"]),
+        SHAPES_EXPLAINED,
+        shapes_markdown(result["rows"], result["real_renders"]),
         "## Samples",
         *grids,
     ]
