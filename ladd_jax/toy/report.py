@@ -263,20 +263,24 @@ ATTRIBUTES_EXPLAINED = (
 )
 
 
-def attributes_markdown(rows: list[dict], real: dict[str, dict]) -> str:
-    """Per-attribute accuracy of every row and of the real renders, "train / test" in each cell."""
-    head = "| model | steps | CFG | " + " | ".join(name for _, name in ATTRIBUTE_COLUMNS) + " |\n"
-    head += "|---|---|---|" + "---|" * len(ATTRIBUTE_COLUMNS) + "\n"
+def shares_markdown(rows: list[dict], real: dict[str, dict], measure: str, columns: list[tuple[str, str]]) -> str:
+    """A `Measure` field of shares (`measure`: "attributes", "shapes") of every row and of the real renders,
+    "train / test" in each cell; `columns`: (key, header) pairs."""
+    head = "| model | steps | CFG | " + " | ".join(name for _, name in columns) + " |\n"
+    head += "|---|---|---|" + "---|" * len(columns) + "\n"
     share = lambda v: "-" if v is None else f"{v:.2f}"  # "-": no prompt of that kind among the measured ones
-    cells = lambda a: " | ".join(f"{share(a['train'][k])} / {share(a['test'][k])}" for k, _ in ATTRIBUTE_COLUMNS)
+    cells = lambda a: " | ".join(f"{share(a['train'][k])} / {share(a['test'][k])}" for k, _ in columns)
     body = "".join(
-        f"| {r['model']} | {r['steps']} | {r['cfg']:g} | "
-        + cells({sp: r[f"attributes_{sp}"] for sp in SPLITS})
-        + " |\n"
+        f"| {r['model']} | {r['steps']} | {r['cfg']:g} | " + cells({sp: r[f"{measure}_{sp}"] for sp in SPLITS}) + " |\n"
         for r in rows
     )
-    floor = "| real renders | | | " + cells({sp: real[sp]["attributes"] for sp in SPLITS}) + " |\n"
+    floor = "| real renders | | | " + cells({sp: real[sp][measure] for sp in SPLITS}) + " |\n"
     return head + body + floor
+
+
+def attributes_markdown(rows: list[dict], real: dict[str, dict]) -> str:
+    """Per-attribute accuracy of every row and of the real renders."""
+    return shares_markdown(rows, real, "attributes", list(ATTRIBUTE_COLUMNS))
 
 
 SHAPES_EXPLAINED = (
@@ -286,16 +290,8 @@ SHAPES_EXPLAINED = (
 
 
 def shapes_markdown(rows: list[dict], real: dict[str, dict]) -> str:
-    """`Measure`'s shapes of every row and of the real renders (per asked shape and size), "train / test"."""
-    names = list(real[SPLITS[0]]["shapes"])
-    head = "| model | steps | CFG | " + " | ".join(names) + " |\n|---|---|---|" + "---|" * len(names) + "\n"
-    share = lambda v: "-" if v is None else f"{v:.2f}"
-    cells = lambda by: " | ".join(f"{share(by['train'][k])} / {share(by['test'][k])}" for k in names)
-    body = "".join(
-        f"| {r['model']} | {r['steps']} | {r['cfg']:g} | " + cells({sp: r[f"shapes_{sp}"] for sp in SPLITS}) + " |\n"
-        for r in rows
-    )
-    return head + body + "| real renders | | | " + cells({sp: real[sp]["shapes"] for sp in SPLITS}) + " |\n"
+    """The right shape per asked shape and size (`Measure`'s shapes) of every row and of the real renders."""
+    return shares_markdown(rows, real, "shapes", [(k, k) for k in real[SPLITS[0]]["shapes"]])
 
 
 def targets_markdown(targets: list[dict]) -> str:
