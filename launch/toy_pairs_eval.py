@@ -88,7 +88,7 @@ def main() -> None:
     columns.append((f"teacher {demo.synth_steps} steps CFG {demo.cfg:g}, fresh noise", teacher_fresh))
     out = Path(args.out)
     out.write_text(json.dumps(result, indent=1))
-    title = f"{len(records)} memorised pairs; lines: the first {GRID_PROMPTS} pairs' prompts"
+    title = f"{len(records)} ODE pairs the students were fitted to; lines: the first {GRID_PROMPTS} pairs' prompts"
     labelled_grid([(label, images[:GRID_PROMPTS]) for label, images in columns], title).save(out.with_suffix(".png"))
 
 
