@@ -25,12 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ladd_jax.data.records import iter_records
-from ladd_jax.toy.demo import ASSETS, DemoConfig, Measure
+from ladd_jax.toy.demo import ASSETS, DemoConfig, Measure, load_ladd_config
 from ladd_jax.toy.evaluate import load_student, parse_students
 from ladd_jax.toy.report import labelled_grid
 
 FRESH_SEED = 10_000  # seeds of the fresh noise: far from synth's record seeds
-MSL = 16  # the toy world's text length (configs/ladd.py:toy)
 GRID_PROMPTS = 8
 
 
@@ -50,7 +49,7 @@ def main() -> None:
     ap.add_argument("--teacher", default=str(ASSETS / "teacher"))
     ap.add_argument("--out", required=True, help="a .json file")
     args = ap.parse_args()
-    demo = DemoConfig()
+    demo, msl = DemoConfig(), load_ladd_config("toy").max_sequence_length
     teacher = SD3Pipeline.from_pretrained(args.teacher)
     records = list(iter_records(args.data))
     prompts = [r["prompt"] for r in records]
@@ -58,11 +57,11 @@ def main() -> None:
     latents = np.stack([r["latent"] for r in records]).astype(np.float32)
     h, w = (s * teacher.vae_scale_factor for s in latents.shape[1:3])
     fresh = teacher.initial_latents(len(records), h, w, seed=[FRESH_SEED + i for i in range(len(records))])
-    embeds, _, pooled, _ = teacher.encode_prompt(prompts, max_sequence_length=MSL)
+    embeds, _, pooled, _ = teacher.encode_prompt(prompts, max_sequence_length=msl)
     ones = jnp.ones(len(records))
     measure = Measure(load_evaluator(demo.evaluator), "train", prompts, demo.reference_images, 11)
     targets = teacher.decode(latents)
-    demo_sampling = dict(num_inference_steps=demo.synth_steps, guidance_scale=demo.cfg, max_sequence_length=MSL)
+    demo_sampling = dict(num_inference_steps=demo.synth_steps, guidance_scale=demo.cfg, max_sequence_length=msl)
     teacher_fresh = teacher(prompts, latents=fresh, **demo_sampling)
     result = dict(
         pairs=len(records),
