@@ -40,7 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Student: initialised from the teacher; `layers` keeps a subset of the teacher's blocks (empty = all), or
     # repeats some for a deeper student (repeats start as the identity, so it starts as the teacher).
     c.student = ml_collections.ConfigDict()
-    c.student.init = "teacher"  # "teacher" or "random"
+    # "teacher", "random", or a folder with a saved student of the same architecture (e.g. a regression-pretrained one)
+    c.student.init = "teacher"
     c.student.layers = ()
     # Student timesteps and their probabilities; the warm-up probabilities hold for the first `warmup_steps`.
     c.student.timesteps = (1.0, 0.75, 0.5, 0.25)

@@ -7,7 +7,14 @@ mean logit difference, beside the gap between real renders and the student's 1-s
 (what the heads were trained to tell apart). If the heads are blind to shapes, LADD's adversarial signal cannot
 teach the student shapes.
 
-    python launch/toy_heads_probe.py --workdir W --out OUT.json [--scenes 256] [--t-hats 0.3,0.5,0.73,0.9]
+    python launch/toy_heads_probe.py --workdir W --out OUT.json [--scenes 256] [--t-hats 0.3,0.5,0.73,0.9] \
+        [--held-out SYNTH]
+
+With --held-out (a `ladd-jax synth` folder of the same teacher, other prompts and noise) it also asks whether the
+heads learnt realness or the run's own real latents: the heads on the latents they trained on, on latents of the
+same teacher they never saw (any that equal a training latent are dropped), and on the student's 1-step samples
+of the training prompts, each under its own caption. Heads that score unseen teacher samples like fakes have
+memorised their few real latents, and their gradient then teaches the student little about the teacher.
 
 Beside OUT.json, OUT.png shows the first pictures compared: real render | shape changed | colour changed.
 """
@@ -26,6 +33,52 @@ import numpy as np
 from PIL import Image
 
 BATCH = 64
+
+
+def batched(fn, *arrays) -> np.ndarray:
+    """fn over BATCH-sized slices of the arrays (same length), concatenated."""
+    return np.concatenate(
+        [np.asarray(fn(*(a[j : j + BATCH] for a in arrays))) for j in range(0, len(arrays[0]), BATCH)]
+    )
+
+
+def called_real(scores: np.ndarray) -> dict:
+    return dict(mean_logit=float(scores.mean()), called_real=float(np.mean(scores > 0)))
+
+
+def memorisation(logits, x0_fn, data: str, held_out: str, t_hats: list[float], limit: int, seed: int) -> dict:
+    """The heads on the run's own real latents, on unseen latents of the same teacher, and on the student's
+    1-step samples of the training prompts; each under its own caption, the same re-noising draw for all three."""
+    from ladd_jax.data.records import iter_records
+
+    seen = list(iter_records(data))[:limit]
+    known = {r["latent"].tobytes() for r in seen}
+    unseen = [r for r in iter_records(held_out) if r["latent"].tobytes() not in known][: len(seen)]
+    if len(unseen) < len(seen):
+        raise SystemExit(
+            f"--held-out {held_out}: {len(unseen)} latents not among the run's {len(seen)}; give a synth folder of "
+            f"at least {len(seen)} other prompts (or lower --scenes)"
+        )
+    arrays = lambda recs, k: jnp.asarray(np.stack([r[k] for r in recs]).astype(np.float32))
+    sets = {
+        name: {k: arrays(recs, k) for k in ("latent", "context", "pooled")}
+        for name, recs in (("seen", seen), ("unseen", unseen))
+    }
+    noise = jax.random.normal(jax.random.key(seed + 404), sets["seen"]["latent"].shape)
+    student = batched(x0_fn, noise, jnp.ones(len(seen)), sets["seen"]["context"], sets["seen"]["pooled"])
+    sets["student"] = dict(sets["seen"], latent=jnp.asarray(student))
+    eps = jax.random.normal(jax.random.key(seed + 405), noise.shape)
+    result = dict(seen=len(seen), unseen=len(unseen), held_out=str(Path(held_out).absolute()), t_hat={})
+    for t_hat in t_hats:
+        row = {
+            name: called_real(
+                batched(lambda x, e, c, p, t=t_hat: logits(x, e, t, c, p), s["latent"], eps, s["context"], s["pooled"])
+            )
+            for name, s in sets.items()
+        }
+        result["t_hat"][f"{t_hat:g}"] = row
+        print(json.dumps({"memorisation, t_hat": t_hat, **row}))
+    return result
 
 
 def changed(world, placed: list, index: int, attribute: str, rng: np.random.Generator) -> list:
@@ -53,6 +106,7 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=256, help="train-split prompts")
     ap.add_argument("--t-hats", default="0.3,0.5,0.73,0.9", help="re-noising levels of the heads' inputs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--held-out", help="a synth folder of the same teacher with other prompts: memorisation check")
     args = ap.parse_args()
 
     step, meta = read_meta(args.workdir)
@@ -127,19 +181,11 @@ def main() -> None:
         return jnp.mean(jnp.stack([o.mean(axis=(1, 2)) for o in out]), axis=0)
 
     eps = jax.random.normal(jax.random.key(args.seed + 403), latents["real"].shape)
+    t_hats = [float(t) for t in args.t_hats.split(",")]
     result = dict(workdir=str(Path(args.workdir).absolute()), step=step, scenes=len(scenes), t_hat={})
-    for t_hat in (float(t) for t in args.t_hats.split(",")):
+    for t_hat in t_hats:
         scores = {
-            name: np.concatenate(
-                [
-                    np.asarray(
-                        logits(
-                            x[j : j + BATCH], eps[j : j + BATCH], t_hat, embeds[j : j + BATCH], pooled[j : j + BATCH]
-                        )
-                    )
-                    for j in range(0, len(prompts), BATCH)
-                ]
-            )
+            name: batched(lambda x, e, c, p, t=t_hat: logits(x, e, t, c, p), x, eps, embeds, pooled)
             for name, x in latents.items()
         }
         row = {}
@@ -148,6 +194,8 @@ def main() -> None:
             row[other] = dict(correct_above=float(np.mean(diff > 0)), mean_logit_gap=float(diff.mean()))
         result["t_hat"][f"{t_hat:g}"] = row
         print(json.dumps({"t_hat": t_hat, **row}))
+    if args.held_out:
+        result["memorisation"] = memorisation(logits, x0_fn, config.data, args.held_out, t_hats, args.scenes, args.seed)
     Path(args.out).write_text(json.dumps(result, indent=1))
     shown = min(6, len(scenes))
     rows = [np.concatenate([pictures[name][i] for name in ("real", "shape", "color")], axis=1) for i in range(shown)]

@@ -9,6 +9,7 @@ learnt beyond the pairs). If it draws the pairs' shapes, one pass of this archit
 fitted for hundreds of epochs, the limit is the architecture's.
 
     python launch/toy_pairs_eval.py --data SWEEP/synth --student mse=SWEEP/mse/student [--student ...] --out F.json
+        [--pairs N]  # the first N pairs only (a student fitted to thousands: its fresh-noise row at a comparable N)
 
 Writes F.json (FD, alignment, shape, colour, count per row; the students' MSE to the stored latents) and F.png
 (the first GRID_PROMPTS pairs, one per line: the teacher's latent, each student from the stored and from fresh
@@ -48,10 +49,14 @@ def main() -> None:
     ap.add_argument("--student", action="append", required=True, help="NAME=FOLDER (an exported student)")
     ap.add_argument("--teacher", default=str(ASSETS / "teacher"))
     ap.add_argument("--out", required=True, help="a .json file")
+    ap.add_argument("--pairs", type=int, default=None, help="measure the first N pairs only (default: all)")
     args = ap.parse_args()
+    if args.pairs is not None and args.pairs < 1:
+        ap.error(f"--pairs {args.pairs}: give a positive number of pairs, or leave it out to measure all")
     demo, msl = DemoConfig(), load_ladd_config("toy").max_sequence_length
     teacher = SD3Pipeline.from_pretrained(args.teacher)
-    records = list(iter_records(args.data))
+    fitted = list(iter_records(args.data))
+    records = fitted[: args.pairs]
     prompts = [r["prompt"] for r in records]
     stored = jnp.asarray(np.stack([r["noise"] for r in records]).astype(np.float32))
     latents = np.stack([r["latent"] for r in records]).astype(np.float32)
@@ -65,6 +70,7 @@ def main() -> None:
     teacher_fresh = teacher(prompts, latents=fresh, **demo_sampling)
     result = dict(
         pairs=len(records),
+        fitted_pairs=len(fitted),
         grid_prompts=prompts[:GRID_PROMPTS],
         teacher_latents=summary(measure(targets)),
         teacher_fresh_noise=summary(measure(teacher_fresh)),
@@ -87,7 +93,9 @@ def main() -> None:
     columns.append((f"teacher {demo.synth_steps} steps CFG {demo.cfg:g}, fresh noise", teacher_fresh))
     out = Path(args.out)
     out.write_text(json.dumps(result, indent=1))
-    title = f"{len(records)} ODE pairs the students were fitted to; lines: the first {GRID_PROMPTS} pairs' prompts"
+    lines = f"lines: the first {GRID_PROMPTS}" + ("" if len(records) < len(fitted) else " pairs' prompts")
+    which = f"{len(records)} of the {len(fitted)}" if len(records) < len(fitted) else f"{len(records)}"
+    title = f"{which} ODE pairs the students were fitted to; {lines}"
     labelled_grid([(label, images[:GRID_PROMPTS]) for label, images in columns], title).save(out.with_suffix(".png"))
 
 

@@ -1,10 +1,11 @@
-"""The student's architecture and initial params: the teacher itself, a subset of its blocks, or random; and, for a
-LoRA student, which adapters train."""
+"""The student's architecture and initial params: the teacher itself, a subset of its blocks, random, or a saved
+model of that architecture; and, for a LoRA student, which adapters train."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ladd_jax.convert.lora import flax_targets
+from ladd_jax.convert.mmdit import load_mmdit
 from ladd_jax.errors import LaddError
 from ladd_jax.models.lora import LoraSpec
 from ladd_jax.models.mmdit import MMDiTConfig, init_params
@@ -77,13 +79,33 @@ def student_layers(teacher: MMDiTConfig, layers: Sequence[int]) -> tuple[int, ..
 def init_student(
     teacher: MMDiTConfig, teacher_params: dict, layers: Sequence[int], init: str, rng: jax.Array
 ) -> tuple[MMDiTConfig, dict]:
-    """The student's config and fp32 host params, per `student.init` ("teacher" or "random")."""
-    if init not in ("teacher", "random"):
-        raise LaddError(f"student.init={init!r}; use 'teacher' or 'random'")
+    """The student's config and fp32 host params, per `student.init`: "teacher", "random", or a folder holding a
+    transformer of the student's architecture (an exported student: a regression-pretrained start, Diffusion2GAN's
+    two stages, or an earlier run's)."""
     config, params = select_layers(teacher, teacher_params, student_layers(teacher, layers))
     if init == "random":
         params = jax.device_get(init_params(config, rng))
+    elif init != "teacher":
+        params = saved_student(init, config)
     return config, params
+
+
+def saved_student(folder: str, config: MMDiTConfig) -> dict:
+    """The params of the transformer saved in `folder` (diffusers layout); it must have the student's architecture."""
+    if not Path(folder).is_dir():
+        raise LaddError(
+            f"student.init={folder!r} is neither 'teacher', 'random' nor a folder; point it at an exported student "
+            "(`ladd-jax export` output) or a diffusers transformer folder of the student's architecture"
+        )
+    saved, params = load_mmdit(folder)
+    differ = {f.name for f in dataclasses.fields(config) if getattr(saved, f.name) != getattr(config, f.name)}
+    if differ:
+        detail = ", ".join(f"{k}: {getattr(saved, k)} (student: {getattr(config, k)})" for k in sorted(differ))
+        raise LaddError(
+            f"student.init={folder}: its transformer is not the student's architecture ({detail}); start from a "
+            "model of the teacher's architecture, or set student.layers to the saved model's blocks"
+        )
+    return params
 
 
 def lora_spec(lora: ml_collections.ConfigDict | None) -> LoraSpec | None:
