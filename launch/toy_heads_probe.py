@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -51,9 +52,10 @@ def memorisation(logits, x0_fn, data: str, held_out: str, t_hats: list[float], l
     1-step samples of the training prompts; each under its own caption, the same re-noising draw for all three."""
     from ladd_jax.data.records import iter_records
 
-    seen = list(iter_records(data))[:limit]
+    seen = list(itertools.islice(iter_records(data), limit))
     known = {r["latent"].tobytes() for r in seen}
-    unseen = [r for r in iter_records(held_out) if r["latent"].tobytes() not in known][: len(seen)]
+    others = (r for r in iter_records(held_out) if r["latent"].tobytes() not in known)
+    unseen = list(itertools.islice(others, len(seen)))
     if len(unseen) < len(seen):
         raise SystemExit(
             f"--held-out {held_out}: {len(unseen)} latents not among the run's {len(seen)}; give a synth folder of "

@@ -19,13 +19,14 @@ noise, and the teacher's own sample from the fresh noise).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from ladd_jax.data.records import iter_records
+from ladd_jax.data.records import iter_records, read_manifest
 from ladd_jax.toy.demo import ASSETS, DemoConfig, Measure, load_ladd_config
 from ladd_jax.toy.evaluate import load_student, parse_students
 from ladd_jax.toy.report import labelled_grid
@@ -55,8 +56,8 @@ def main() -> None:
         ap.error(f"--pairs {args.pairs}: give a positive number of pairs, or leave it out to measure all")
     demo, msl = DemoConfig(), load_ladd_config("toy").max_sequence_length
     teacher = SD3Pipeline.from_pretrained(args.teacher)
-    fitted = list(iter_records(args.data))
-    records = fitted[: args.pairs]
+    fitted = read_manifest(args.data)["num_records"]
+    records = list(itertools.islice(iter_records(args.data), args.pairs))
     prompts = [r["prompt"] for r in records]
     stored = jnp.asarray(np.stack([r["noise"] for r in records]).astype(np.float32))
     latents = np.stack([r["latent"] for r in records]).astype(np.float32)
@@ -70,7 +71,7 @@ def main() -> None:
     teacher_fresh = teacher(prompts, latents=fresh, **demo_sampling)
     result = dict(
         pairs=len(records),
-        fitted_pairs=len(fitted),
+        fitted_pairs=fitted,
         grid_prompts=prompts[:GRID_PROMPTS],
         teacher_latents=summary(measure(targets)),
         teacher_fresh_noise=summary(measure(teacher_fresh)),
@@ -93,8 +94,8 @@ def main() -> None:
     columns.append((f"teacher {demo.synth_steps} steps CFG {demo.cfg:g}, fresh noise", teacher_fresh))
     out = Path(args.out)
     out.write_text(json.dumps(result, indent=1))
-    lines = f"lines: the first {GRID_PROMPTS}" + ("" if len(records) < len(fitted) else " pairs' prompts")
-    which = f"{len(records)} of the {len(fitted)}" if len(records) < len(fitted) else f"{len(records)}"
+    lines = f"lines: the first {GRID_PROMPTS}" + ("" if len(records) < fitted else " pairs' prompts")
+    which = f"{len(records)} of the {fitted}" if len(records) < fitted else f"{len(records)}"
     title = f"{which} ODE pairs the students were fitted to; {lines}"
     labelled_grid([(label, images[:GRID_PROMPTS]) for label, images in columns], title).save(out.with_suffix(".png"))
 
