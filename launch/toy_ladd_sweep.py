@@ -12,7 +12,8 @@ Each --run is NAME[@FILE:VARIANT]=KEY=VALUE,KEY=VALUE: configs/FILE.py:VARIANT (
 literals (tuples too: student.layers=(0,0,1,1,2,2,3)), nested keys with dots. The synthetic data (--synth-prompts
 train-split prompts, 512 as in the demo, with the demo's sampling settings) is made once in OUT/synth. Prints one
 JSON line per run and writes OUT/sweep.json and OUT/curves.png (every run's curves). Re-running the same command
-resumes it: the runs that finished (in sweep.json, their student exported) are kept, the others start over.
+resumes it: the runs that finished (in sweep.json, their student exported) are kept, the others start over; runs of
+earlier commands with the same OUT stay in sweep.json and the curves.
 """
 
 from __future__ import annotations
@@ -119,13 +120,13 @@ def main() -> None:
 
         return probe
 
-    # Re-running the same command resumes it: runs already in sweep.json with an exported student are kept.
+    # Re-running the same command resumes it: runs already in sweep.json with an exported student are kept. Runs of
+    # earlier commands in OUT stay in sweep.json (and the curves): a new --run adds to a folder, it erases nothing.
     done = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
-    results = {}
+    results = dict(done)
     for text in args.run:
         name, spec, overrides = parse_run(text)
         if name in done and (out / name / "student").is_dir():
-            results[name] = done[name]
             print(f"{name}: done earlier, kept")
             continue
         file, _, variant = spec.partition(":")
@@ -162,7 +163,8 @@ def main() -> None:
             ("eval/fd_1step", f"student 1-step FD, {args.split}-split prompts of their own draw (lower is better)"),
             ("eval/alignment_1step", f"student 1-step alignment, {args.split}-split prompts of their own draw"),
         )
-        training_curves({n: out / n for n in results}, {}, out / "curves.png", eval_panels=panels)
+        runs = {n: out / n for n in results if (out / n).is_dir()}  # a run's folder may have been removed since
+        training_curves(runs, {}, out / "curves.png", eval_panels=panels)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,6 +17,15 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ladd
 # Subprocesses keep it, except the `ladd-jax` runs that train or sample for long (tests/cpu_devices.py).
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+# For the same reason, XLA:CPU's older elemental emitters: the tiny regression step (with LADD's heads) compiled in
+# 14 s instead of 21.5 (test_d2g_losses_by_hand 89 -> 74 s). An XLA that no longer knows the flag would abort every
+# process that reads it, so a throw-away process asks first (workers inherit the answer with the environment).
+if "--xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
+    legacy = "--xla_cpu_use_fusion_emitters=false"
+    probe = [sys.executable, "-c", "import jax; jax.devices()"]
+    env = {**os.environ, "XLA_FLAGS": legacy, "JAX_PLATFORMS": "cpu"}
+    if subprocess.run(probe, env=env, capture_output=True).returncode == 0:
+        os.environ["XLA_FLAGS"] += f" {legacy}"
 
 import numpy as np
 import pytest
@@ -78,6 +89,15 @@ def torch_mmdit_forward(model, x, t, ctx, pooled) -> np.ndarray:
             torch.from_numpy(t) * 1000,
         ).sample
     return out.permute(0, 2, 3, 1).numpy()
+
+
+# The toy world's two end-to-end files (the quick demo ~4.5 minutes, the heads alone ~3) go to the two xdist workers
+# first: in collection order they started mid-suite, where the later one could end the suite with the other idle.
+LONGEST_FIRST = ("test_demo.py", "test_ladd_game.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: every other test keeps its order
 
 
 def rel_err(a, b) -> float:

@@ -117,6 +117,7 @@ print(json.dumps(compile_plan(c, teacher, 96, buffers=10**6)["largest_buffers"])
 """
 
 
+@pytest.mark.slow  # 38 s (an 8-device compile); CI trains the FSDP step on 8 devices (tests/test_train.py)
 def test_fsdp_plan_keeps_each_devices_share_of_the_batch():
     """FSDP over 8 simulated devices, global batch 8: no value in the per-device program has the whole batch with
     the 121 tokens (36 image + 85 text) of the blocks. Without the activation constraint inside the scanned blocks

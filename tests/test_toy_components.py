@@ -140,6 +140,7 @@ def _colour_swaps(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return tuple(np.array(pairs).T)
 
 
+@pytest.mark.slow  # 20 s; a measurement of the shipped encoders, which CI's other tests here load and check
 def test_random_text_encoders_separate_every_caption_pair(pipe):
     captions = all_captions(WORLD)
     embeds, _, pooled, _ = pipe.encode_prompt(
