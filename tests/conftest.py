@@ -21,11 +21,11 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # 14 s instead of 21.5 (test_d2g_losses_by_hand 89 -> 74 s). An XLA that no longer knows the flag would abort every
 # process that reads it, so a throw-away process asks first (workers inherit the answer with the environment).
 if "--xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
-    legacy = "--xla_cpu_use_fusion_emitters=false"
-    probe = [sys.executable, "-c", "import jax; jax.devices()"]
-    env = {**os.environ, "XLA_FLAGS": legacy, "JAX_PLATFORMS": "cpu"}
-    if subprocess.run(probe, env=env, capture_output=True).returncode == 0:
-        os.environ["XLA_FLAGS"] += f" {legacy}"
+    _legacy = "--xla_cpu_use_fusion_emitters=false"
+    _probe = [sys.executable, "-c", "import jax; jax.devices()"]
+    _env = {**os.environ, "XLA_FLAGS": _legacy, "JAX_PLATFORMS": "cpu"}
+    if subprocess.run(_probe, env=_env, capture_output=True).returncode == 0:
+        os.environ["XLA_FLAGS"] += f" {_legacy}"
 
 import numpy as np
 import pytest
