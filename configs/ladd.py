@@ -85,6 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # only reject by reading that detail).
     c.misaligned_source = "batch"
     c.distill_weight = 0.0  # >0: ADD-style distillation loss to the teacher's denoised estimate (ADD: 2.5)
+    # The CFG scale of that estimate (1: the teacher unguided, as ADD). Above 1 it pulls the student toward what a
+    # guided teacher draws for the prompt: SDS with guidance (DreamFusion), DMD's guided real score, for alignment.
+    c.distill_cfg = 1.0
 
     # Optimisers (AdamW, linear warm-up then constant; unconfirmed).
     c.g_lr = 1e-5

@@ -154,6 +154,29 @@ def test_add_distillation_by_hand(world, features):
     assert len(setup.models.disc.config.feature_layers) == 2  # stride 2 over the 3 Dinov2 blocks: 0 and 2
 
 
+def test_guided_distillation_by_hand(world):
+    """LADD's latent distillation term toward the teacher's CFG-guided x0 estimate (`distill_cfg` 3): the guided
+    target by hand, from the step's own draws; a scale below 1 is refused."""
+    c = tiny_config(world, "ladd", distill_weight=2.0, distill_cfg=3.0)
+    setup, state, _, metrics, batch, key = one_step(c)
+    x0, ctx, pooled = (np.asarray(batch[k]) for k in ("latent", "context", "pooled"))
+    draws = jax.device_get(step_draws(c, jnp.zeros((), jnp.int32), key, x0.shape))
+    col = lambda a: a[:, None, None, None]
+    apply = jax.jit(lambda p, x, t, c_, p_: setup.models.student.apply({"params": p}, x, t, c_, p_))
+    x_t = (1 - col(draws["t"])) * x0 + col(draws["t"]) * draws["eps"]
+    x0_hat = x_t - col(draws["t"]) * apply(state.student, x_t, draws["t"], ctx, pooled)
+    t_d = draws["t_distill"]
+    x_d = (1 - col(t_d)) * x0_hat + col(t_d) * draws["eps_fake"]
+    empty = [np.broadcast_to(setup.frozen[k], a.shape) for k, a in (("empty_context", ctx), ("empty_pooled", pooled))]
+    v_cond = apply(setup.frozen["teacher"], x_d, t_d, ctx, pooled)
+    v_empty = apply(setup.frozen["teacher"], x_d, t_d, *empty)
+    target = x_d - col(t_d) * (v_empty + 3.0 * (v_cond - v_empty))
+    np.testing.assert_allclose(metrics["distill"], np.mean((x0_hat - target) ** 2), rtol=1e-3)
+    np.testing.assert_allclose(metrics["g_total"], metrics["g_loss"] + 2.0 * metrics["distill"], rtol=1e-5)
+    with pytest.raises(LaddError, match="distill_cfg"):
+        methods.method(tiny_config(world, "ladd", distill_cfg=0.5))
+
+
 # Slow for the suite's time (60 s each): CI checks exact resume on LADD's game (tests/test_train.py) and each
 # method's step by hand above.
 @pytest.mark.slow

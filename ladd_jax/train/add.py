@@ -10,7 +10,7 @@ heads  = LADD's 2D-conv heads on those maps, conditioned on the pooled text (pro
 D loss = hinge + gamma/2 R1 on the heads' inputs (ADD: gamma 1e-5)          `Game.d_objective`
 G loss = adv_weight * -D(fake) + distill_weight * c(t) ||pixels(x0_hat) - sg(pixels(teacher x0 estimate of
          x0_hat re-noised to t))||^2   (ADD: lambda 2.5; c(t) "exponential" = 1 - t, the flow's signal level
-         (ADD's alpha_t), or "uniform" = 1; the teacher without CFG)
+         (ADD's alpha_t), or "uniform" = 1; the teacher with CFG `distill_cfg`, 1: none)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import ml_collections
 from ladd_jax.convert.dinov2 import load_dinov2
 from ladd_jax.convert.vae import load_vae
 from ladd_jax.errors import LaddError
-from ladd_jax.flow import add_noise, denoise
+from ladd_jax.flow import add_noise
 from ladd_jax.models.dinov2 import Dinov2
 from ladd_jax.models.vae import AutoencoderKL, unscale_latents
 from ladd_jax.train.losses import distill_loss
@@ -84,11 +84,9 @@ class PixelGame(Game):
         """ADD's distillation loss in pixel space (adv_weight = 0 with it: ADD's distillation-only ablation)."""
         if not self.config.distill_weight:
             return 0.0, {}
-        _, ctx, pooled = self.inputs
         t_d = self.draws["t_distill"]
         x_d = add_noise(jax.lax.stop_gradient(x0_hat), self.draws["eps_fake"], t_d)
-        v = self.models.teacher.apply({"params": self.teacher_params}, self.with_cond(x_d), t_d, ctx, pooled)
         weight = 1.0 - t_d if self.config.add.weighting == "exponential" else 1.0
-        target = jax.lax.stop_gradient(self.decode(denoise(x_d, v, t_d)))
+        target = jax.lax.stop_gradient(self.decode(self.teacher_denoised(x_d, t_d)))
         distill = distill_loss(self.decode(x0_hat), target, weight)
         return self.config.distill_weight * distill, dict(distill=distill)

@@ -49,6 +49,8 @@ def method(config: ml_collections.ConfigDict) -> str:
         raise LaddError("lcm takes no conditioning latents yet; distil a conditioned teacher with ladd, add or d2g")
     if config.misaligned_source not in MISALIGNED_SOURCES:
         raise LaddError(f"config.misaligned_source={config.misaligned_source!r}: use one of {MISALIGNED_SOURCES}")
+    if config.get("distill_cfg", 1.0) < 1.0:
+        raise LaddError(f"config.distill_cfg={config.distill_cfg}: a CFG scale is >= 1 (1: the teacher unguided)")
     if uses_heads(config) and config.disc.train and config.get("d_steps", 1) < 1:
         raise LaddError(f"config.d_steps={config.d_steps}: heads need at least one update a step (or disc.train=False)")
     return name
@@ -77,16 +79,27 @@ def _require(config: ml_collections.ConfigDict, key: str, what: str) -> Path:
 def frozen_networks(
     config: ml_collections.ConfigDict, teacher_folder: Path | None, teacher: tuple[Any, Any], element_spec: dict
 ) -> FrozenNetworks:
-    """Loads what `config.method` needs beyond the teacher (nothing for LADD); `teacher`: the (MMDiTConfig, params)
+    """Loads what `config.method` needs beyond the teacher (for LADD nothing, or the empty prompt for a guided
+    distillation target); `teacher`: the (MMDiTConfig, params)
     already loaded, so that no folder's transformer is read twice."""
-    name = method(config)
-    if name == "lcm":  # the teacher's CFG needs the empty prompt's embeddings
+    networks = _method_networks(config, teacher_folder)
+    if guides_teacher(config):  # the teacher's CFG needs the empty prompt's embeddings
         from ladd_jax.pipeline import SD3Pipeline
         from ladd_jax.train.uncond import empty_prompt
 
         pipe = SD3Pipeline.from_pretrained(teacher_folder, transformer=teacher)  # for its text encoders
         ctx, pooled = empty_prompt(pipe, config.max_sequence_length, element_spec)
-        return FrozenNetworks(params=dict(empty_context=ctx, empty_pooled=pooled))
+        networks.params.update(empty_context=ctx, empty_pooled=pooled)
+    return networks
+
+
+def guides_teacher(config: ml_collections.ConfigDict) -> bool:
+    """Whether the step runs the teacher with CFG: LCM's ODE step, or a guided distillation target."""
+    return method(config) == "lcm" or bool(config.distill_weight and config.get("distill_cfg", 1.0) != 1.0)
+
+
+def _method_networks(config: ml_collections.ConfigDict, teacher_folder: Path | None) -> FrozenNetworks:
+    name = method(config)
     if name == "add":
         from ladd_jax.train.add import load_add_networks
 

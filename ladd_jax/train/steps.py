@@ -44,7 +44,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ladd_jax.data.records import MISMATCH_FIELDS
-from ladd_jax.flow import add_noise, denoise, sample_logit_normal, shift_sigma
+from ladd_jax.flow import add_noise, cfg_combine, denoise, sample_logit_normal, shift_sigma
 from ladd_jax.train.losses import Logits, d_accuracy, d_loss_parts, distill_loss, g_loss, r1_penalty
 from ladd_jax.train.sharding import constrain_batch, on_device, sharded_trace
 from ladd_jax.train.state import Models, TrainState
@@ -222,12 +222,28 @@ class Game:
         """The G loss's terms on the student's sample itself: LADD's optional distillation loss (ADD's)."""
         if not self.config.distill_weight:
             return 0.0, {}
-        _, ctx, pooled = self.inputs
         t_d = self.draws["t_distill"]  # match the teacher's denoised estimate of the re-noised sample
         x_d = add_noise(jax.lax.stop_gradient(x0_hat), self.draws["eps_fake"], t_d)
-        v = self.models.teacher.apply({"params": self.teacher_params}, self.with_cond(x_d), t_d, ctx, pooled)
-        distill = distill_loss(x0_hat, denoise(x_d, v, t_d))
+        distill = distill_loss(x0_hat, self.teacher_denoised(x_d, t_d))
         return self.config.distill_weight * distill, dict(distill=distill)
+
+    def teacher_denoised(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        """The teacher's x0 estimate of x at t (the distillation target), guided with CFG scale `distill_cfg`
+        when it is above 1: a guided teacher's estimate carries the prompt's attributes more strongly."""
+        _, ctx, pooled = self.inputs
+        x_in, scale = self.with_cond(x), self.config.get("distill_cfg", 1.0)
+        teacher = functools.partial(self.models.teacher.apply, {"params": self.teacher_params})
+        if scale == 1.0:
+            return denoise(x, teacher(x_in, t, ctx, pooled), t)
+        both = lambda a, empty: jnp.concatenate([a, jnp.broadcast_to(empty, a.shape).astype(a.dtype)])
+        v = teacher(
+            jnp.concatenate([x_in, x_in]),
+            jnp.concatenate([t, t]),
+            both(ctx, self.frozen["empty_context"]),
+            both(pooled, self.frozen["empty_pooled"]),
+        )
+        b = x.shape[0]
+        return denoise(x, cfg_combine(v[:b], v[b:], scale), t)
 
     def g_gradient(
         self, disc_params: Any, x0_hat: jax.Array, fake: tuple, fake_pull_back: Callable | None
