@@ -80,8 +80,8 @@ def frozen_networks(
     config: ml_collections.ConfigDict, teacher_folder: Path | None, teacher: tuple[Any, Any], element_spec: dict
 ) -> FrozenNetworks:
     """Loads what `config.method` needs beyond the teacher (for LADD nothing, or the empty prompt for a guided
-    distillation target); `teacher`: the (MMDiTConfig, params)
-    already loaded, so that no folder's transformer is read twice."""
+    distillation target); `teacher`: the (MMDiTConfig, params) already loaded, so that no folder's transformer is
+    read twice."""
     networks = _method_networks(config, teacher_folder)
     if guides_teacher(config):  # the teacher's CFG needs the empty prompt's embeddings
         from ladd_jax.pipeline import SD3Pipeline
