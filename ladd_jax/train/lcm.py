@@ -16,6 +16,7 @@ sampling: multi-step consistency sampling is the LADD student sampler (x0 predic
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -25,10 +26,10 @@ import optax
 from jax.sharding import Mesh
 
 from ladd_jax.errors import LaddError
-from ladd_jax.flow import add_noise, cfg_combine, denoise, flow_match_sigmas
+from ladd_jax.flow import add_noise, denoise, flow_match_sigmas
 from ladd_jax.train.sharding import constrain_batch, on_device
 from ladd_jax.train.state import Models, TrainState
-from ladd_jax.train.steps import BATCH_FIELDS, Batch, Frozen, StepFn, ema_update
+from ladd_jax.train.steps import BATCH_FIELDS, Batch, Frozen, StepFn, ema_update, guided_velocity
 
 SOLVERS = ("euler", "heun")
 DISTANCES = ("l2", "huber")
@@ -68,24 +69,13 @@ def make_lcm_step(config: ml_collections.ConfigDict, models: Models, mesh: Mesh)
         x_t = add_noise(x0, jax.random.normal(k_eps, x0.shape), t)
 
         # ---------------------------------------------------------------- the teacher's ODE step t -> s, with CFG
-        empty_ctx, empty_pooled = frozen["empty_context"], frozen["empty_pooled"]
-
-        def guided_velocity(x: jax.Array, time: jax.Array) -> jax.Array:
-            both = lambda a, e: jnp.concatenate([jnp.broadcast_to(e, a.shape), a])
-            v = models.teacher.apply(
-                {"params": frozen["teacher"]},
-                jnp.concatenate([x, x]),
-                jnp.concatenate([time, time]),
-                both(ctx, empty_ctx),
-                both(pooled, empty_pooled),
-            )
-            return cfg_combine(v[b:], v[:b], w[:, None, None, None])
-
+        teacher = functools.partial(models.teacher.apply, {"params": frozen["teacher"]})
+        guided = lambda x, time: guided_velocity(teacher, frozen, x, time, ctx, pooled, w[:, None, None, None])
         step = lambda x, v: x + (s - t)[:, None, None, None] * v
-        v_t = guided_velocity(x_t, t)
+        v_t = guided(x_t, t)
         x_s = step(x_t, v_t)
         if c.solver == "heun":  # the slope at s from Euler's x_s, averaged with the slope at t
-            x_s = step(x_t, (v_t + guided_velocity(x_s, s)) / 2)
+            x_s = step(x_t, (v_t + guided(x_s, s)) / 2)
         x_s = jax.lax.stop_gradient(x_s)
 
         # ---------------------------------------------------------------- the target network's prediction at s

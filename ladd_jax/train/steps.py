@@ -91,6 +91,22 @@ def step_draws(config: ml_collections.ConfigDict, step: jax.Array, key: jax.Arra
     )
 
 
+def guided_velocity(
+    teacher: Callable, frozen: Frozen, x: jax.Array, t: jax.Array, ctx: jax.Array, pooled: jax.Array, scale: Any
+) -> jax.Array:
+    """The teacher's CFG velocity: `teacher(x, t, ctx, pooled)` on the text and on the empty prompt (frozen
+    "empty_context" / "empty_pooled") in one pass of twice the batch, combined with `scale` (scalar or per sample)."""
+    both = lambda a, empty: jnp.concatenate([a, jnp.broadcast_to(empty, a.shape).astype(a.dtype)])
+    b = x.shape[0]
+    v = teacher(
+        jnp.concatenate([x, x]),
+        jnp.concatenate([t, t]),
+        both(ctx, frozen["empty_context"]),
+        both(pooled, frozen["empty_pooled"]),
+    )
+    return cfg_combine(v[:b], v[b:], scale)
+
+
 def ema_update(ema: Any, params: Any, decay: float) -> Any:
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
@@ -235,15 +251,7 @@ class Game:
         teacher = functools.partial(self.models.teacher.apply, {"params": self.teacher_params})
         if scale == 1.0:
             return denoise(x, teacher(x_in, t, ctx, pooled), t)
-        both = lambda a, empty: jnp.concatenate([a, jnp.broadcast_to(empty, a.shape).astype(a.dtype)])
-        v = teacher(
-            jnp.concatenate([x_in, x_in]),
-            jnp.concatenate([t, t]),
-            both(ctx, self.frozen["empty_context"]),
-            both(pooled, self.frozen["empty_pooled"]),
-        )
-        b = x.shape[0]
-        return denoise(x, cfg_combine(v[:b], v[b:], scale), t)
+        return denoise(x, guided_velocity(teacher, self.frozen, x_in, t, ctx, pooled, scale), t)
 
     def g_gradient(
         self, disc_params: Any, x0_hat: jax.Array, fake: tuple, fake_pull_back: Callable | None
