@@ -13,7 +13,7 @@
 # and the VAE's decoder fine-tuned alone (toy-vae-decoder: 4000 steps; the encoder, so every latent above, is
 # untouched, which is why it can run at any point: the shipped one was fine-tuned after toy-refine).
 # On 2 CPU cores: evaluators ~6 + 2 x 4 min, components + renders + encoding ~7 min, the decoder ~7 min, then 3.4
-# pretraining steps/s: about 15 + 15 + 40 + 60 + 60 + 60 + 60 minutes (on a slower day 1.9 steps/s: stage 7 took
+# pretraining steps/s: about 15 + 15 + 40 + 60 + 60 + 60 + 60 minutes (on a slower day 1.8 steps/s: stage 7 took
 # 108). The shipped teacher was made so (stage 1 in an earlier session; stage 7 from the shipped stage-6 folder).
 #
 #   bash launch/make_toy_world.sh            # writes ladd_jax/toy/assets/{evaluator*,teacher,...}
