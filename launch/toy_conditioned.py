@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--kind", choices=("inpaint", "edit"), required=True)
     ap.add_argument("--work", required=True, type=Path, help="holds teacher/ (stage 2); the runs are written here")
     ap.add_argument("--out", required=True, type=Path, help="the report folder")
-    ap.add_argument("--steps", type=int, default=300, help="LADD iterations (the demo's)")
+    ap.add_argument("--steps", type=int, default=300, help="LADD iterations (300: the measured reports')")
     ap.add_argument("--synth-items", type=int, default=1024)
     args = ap.parse_args()
     work, kind = args.work, args.kind

@@ -71,6 +71,13 @@ def test_unwritable_output_folder_is_one_clear_error(capsys):
     assert "cannot write the demo's output folder /proc/x" in err and "Traceback" not in err
 
 
+def test_non_positive_ladd_steps_is_one_clear_error(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "o"), "--ladd-steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--ladd-steps must be at least 1, got 0" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # checked before anything is written
+
+
 @pytest.mark.slow
 def test_multi_aspect_demo_measures_every_bucket_at_its_size(tmp_path):
     from PIL import Image

@@ -35,6 +35,8 @@ from typing import Any
 
 import jax
 
+from ladd_jax.errors import LaddError
+
 # launch/toy_*.py import ASSETS, Measure and Sampler from here too.
 from ladd_jax.toy.evaluate import (
     ASSETS,
@@ -59,7 +61,7 @@ class DemoConfig(EvalConfig):
     teacher: Path = ASSETS / "teacher"
     evaluator: Path = ASSETS / "evaluator"
     synth_prompts: int = 512  # train-split prompts the teacher turns into synthetic latents
-    ladd_steps: int = 300
+    ladd_steps: int | None = None  # LADD iterations; None: configs/ladd.py:toy's total_steps
     control: bool = True  # also run the frozen-random-heads control
     curve_prompts: int = 128  # held-out test prompts for the FD/alignment curves during training
     eval_every: int = 25  # LADD steps between two points of those curves
@@ -131,9 +133,11 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         return {"fd_1step": m["fd"], "alignment_1step": m["alignment"]}
 
     ladd.teacher, ladd.data, ladd.seed = str(config.teacher), str(out / "synth"), config.seed
-    ladd.total_steps, ladd.checkpoint_every, ladd.eval_every = config.ladd_steps, config.ladd_steps, config.eval_every
+    if config.ladd_steps is not None:
+        ladd.total_steps = config.ladd_steps
+    ladd.checkpoint_every, ladd.eval_every = ladd.total_steps, config.eval_every
     if config.multi_aspect:  # the trainer's grid at the end: a block per bucket, teacher beside the student
-        ladd.sample_every, ladd.sample_prompts = config.ladd_steps, tuple(prompts_file.read_text().splitlines()[:2])
+        ladd.sample_every, ladd.sample_prompts = ladd.total_steps, tuple(prompts_file.read_text().splitlines()[:2])
     progress("2/5 LADD distillation")
     runs = {"LADD": out / "train"}
     students = {"student": distil(ladd, runs["LADD"], out / "student", probe)}
@@ -174,7 +178,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         evaluator=str(Path(config.evaluator).resolve()),
         devices=f"{jax.device_count()} {jax.devices()[0].platform} device(s)",
         eval_prompts=config.eval_prompts,
-        ladd_steps=config.ladd_steps,
+        ladd_steps=ladd.total_steps,
         rows=table,
         real_renders=real,
         curves=dict(prompts=config.curve_prompts, teacher=curve_teacher, real_renders=curve_real),
@@ -184,10 +188,10 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
     )
     figures = save_grids(grids, out)
     if config.multi_aspect:
-        caption = f"every bucket after {config.ladd_steps} steps: the teacher ({ladd.teacher_sample_steps} steps, CFG"
+        caption = f"every bucket after {ladd.total_steps} steps: the teacher ({ladd.teacher_sample_steps} steps, CFG"
         caption += f" {ladd.teacher_cfg:g}) beside the student at {', '.join(map(str, ladd.sample_steps))} steps"
         caption += " (distilled on all three buckets; each bucket's table is in 'Per bucket')"
-        path = shutil.copy(runs["LADD"] / "samples" / f"{config.ladd_steps:07d}.png", out / "grid_buckets.png")
+        path = shutil.copy(runs["LADD"] / "samples" / f"{ladd.total_steps:07d}.png", out / "grid_buckets.png")
         figures.append(Figure(caption, Path(path)))
     result["seconds"] = time.perf_counter() - start
     demo_report(out, result, figures, out / "curves.png")
@@ -198,7 +202,8 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="LADD end to end in the toy world on a CPU, with an evaluated report")
     p.add_argument("--out", required=True, help="folder for the data, the runs, the students and the report")
     p.add_argument("--quick", action="store_true", help="a shortened run (CI): fewer prompts, steps and images")
-    p.add_argument("--ladd-steps", type=int, default=None, help="LADD iterations (default 300; quick 12)")
+    what = "LADD iterations (default: configs/ladd.py:toy's total_steps, 150; quick 12)"
+    p.add_argument("--ladd-steps", type=int, default=None, help=what)
     p.add_argument("--no-control", action="store_true", help="skip the frozen-heads control run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -210,6 +215,8 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_cli(args: argparse.Namespace) -> None:
     overrides = dict(QUICK) if args.quick else {}
     if args.ladd_steps is not None:
+        if args.ladd_steps < 1:
+            raise LaddError(f"--ladd-steps must be at least 1, got {args.ladd_steps}")
         overrides["ladd_steps"] = args.ladd_steps
     config = DemoConfig(seed=args.seed, control=not args.no_control, multi_aspect=args.multi_aspect, **overrides)
     result = run_demo(args.out, config)
