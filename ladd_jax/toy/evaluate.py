@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +97,15 @@ class Sampler:
 
         self._x0 = x0
 
+    def denoiser(self, params: Any, guidance: float = 1.0) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        """(x, t) -> the x0 estimate of these prompts' latents x at flow times t, with CFG `guidance` above 1."""
+        return lambda x, t: self._x0(params, x, t, guidance)
+
     def few_step(self, params: Any, steps: int, guidance: float = 1.0) -> np.ndarray:
         """Images [N, H, W, 3] in [0, 1] from the LADD student sampler (t = 1, 1 - 1/n, ...; re-noised between)."""
         from ladd_jax.flow import sample_student, student_timesteps
 
-        fn = lambda x, t: self._x0(params, x, t, guidance)
+        fn = self.denoiser(params, guidance)
         return self.pipe.decode(sample_student(fn, self.noise, student_timesteps(steps), jax.random.key(0)))
 
     def euler(self, steps: int, guidance: float) -> np.ndarray:
