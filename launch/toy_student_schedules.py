@@ -19,9 +19,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ladd_jax.errors import LaddError
 from ladd_jax.flow import sample_euler, sample_student, student_timesteps
 from ladd_jax.toy.demo import ASSETS, DemoConfig, Measure, Sampler, load_ladd_config
-from ladd_jax.toy.evaluate import load_student, parse_students
+from ladd_jax.toy.evaluate import check_students, load_student, parse_students
 
 SAMPLERS = ("re-noising", "euler")
 
@@ -49,11 +50,18 @@ def main() -> None:
     ap.add_argument("--shift", type=float, default=3.0, help="the warped schedule's shift (SD3's: 3)")
     ap.add_argument("--out", required=True, help="a .json file")
     args = ap.parse_args()
+    out = Path(args.out)
+    if not out.parent.is_dir():  # before minutes of sampling, not after
+        ap.error(f"--out {out}: its folder {out.parent} does not exist; create it or choose another file")
+    try:
+        students = parse_students(args.student)
+        check_students(students)
+    except LaddError as e:
+        ap.error(str(e))
     demo, msl = DemoConfig(), load_ladd_config("toy").max_sequence_length
     teacher = SD3Pipeline.from_pretrained(args.teacher)
     world, evaluator = read_toy_world(args.teacher), load_evaluator(demo.evaluator)
     models = [("teacher", teacher.transformer_params, demo.cfg)]
-    students = parse_students(args.student)
     models += [(n, load_student(teacher, n, d).transformer_params, 1.0) for n, d in students.items()]
     n_grid = demo.grid_prompts * demo.grid_seeds  # the demo's evaluation samples its grid's prompts first
     rows = []
@@ -71,7 +79,7 @@ def main() -> None:
             row.update(fd=m["fd"], alignment=m["alignment"], shape=m["attributes"]["shape"])
             print(json.dumps(row), flush=True)
             rows.append(row)
-    Path(args.out).write_text(json.dumps(dict(shift=args.shift, rows=rows), indent=1) + "\n")
+    out.write_text(json.dumps(dict(shift=args.shift, rows=rows), indent=1) + "\n")
 
 
 if __name__ == "__main__":
