@@ -21,8 +21,8 @@ import numpy as np
 
 from ladd_jax.errors import LaddError
 from ladd_jax.flow import sample_euler, sample_student, student_timesteps
-from ladd_jax.toy.demo import ASSETS, DemoConfig, Measure, Sampler, load_ladd_config
-from ladd_jax.toy.evaluate import check_students, load_student, parse_students
+from ladd_jax.toy.demo import ASSETS, DemoConfig, Sampler, load_ladd_config
+from ladd_jax.toy.evaluate import load_study, measured_rows_setup
 
 SAMPLERS = ("re-noising", "euler")
 
@@ -38,12 +38,6 @@ def sample(sampler: Sampler, params, guidance: float, timesteps: tuple[float, ..
 
 
 def main() -> None:
-    from ladd_jax.pipeline import SD3Pipeline
-    from ladd_jax.toy.components import read_toy_world
-    from ladd_jax.toy.evaluator import load_evaluator
-    from ladd_jax.toy.report import SPLITS
-    from ladd_jax.toy.world import sample_scenes
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--student", action="append", required=True, help="NAME=FOLDER (an exported student)")
     ap.add_argument("--teacher", default=str(ASSETS / "teacher"))
@@ -54,22 +48,14 @@ def main() -> None:
     if not out.parent.is_dir():  # before minutes of sampling, not after
         ap.error(f"--out {out}: its folder {out.parent} does not exist; create it or choose another file")
     try:
-        students = parse_students(args.student)
-        check_students(students)
+        teacher, world, evaluator, students = load_study(args.student, args.teacher)
     except LaddError as e:
         ap.error(str(e))
     demo, msl = DemoConfig(), load_ladd_config("toy").max_sequence_length
-    teacher = SD3Pipeline.from_pretrained(args.teacher)
-    world, evaluator = read_toy_world(args.teacher), load_evaluator(demo.evaluator)
     models = [("teacher", teacher.transformer_params, demo.cfg)]
-    models += [(n, load_student(teacher, n, d).transformer_params, 1.0) for n, d in students.items()]
-    n_grid = demo.grid_prompts * demo.grid_seeds  # the demo's evaluation samples its grid's prompts first
+    models += [(name, params, 1.0) for name, params in students.items()]
     rows = []
-    for i, split in enumerate(SPLITS):  # the prompts, noise and reference of `evaluate_students`' rows
-        prompts = [s.caption() for s in sample_scenes(world, split, demo.eval_prompts, demo.seed + 1 + i)]
-        seeds = list(range(n_grid, n_grid + len(prompts)))
-        sampler = Sampler(teacher, prompts, seeds, msl, demo.cfg, shape=world.shape)
-        measure = Measure(evaluator, split, prompts, demo.reference_images, demo.seed + 3 + i)
+    for split, sampler, measure in measured_rows_setup(teacher, world, evaluator, demo, msl):
         plan = [(m, 1, None, SAMPLERS[0]) for m in models]  # one step: the same for every schedule and sampler
         plan += [(m, n, s, h) for m in models for n in (2, 4) for s in (None, args.shift) for h in SAMPLERS]
         for (model, params, guidance), steps, shift, how in plan:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,35 @@ def load_student(teacher: Any, name: str, folder: Path) -> Any:
     return teacher.with_transformer(student.transformer_config, student.transformer_params)
 
 
+def split_scenes(world: Any, config: EvalConfig, i: int, split: str) -> list:
+    """The scenes whose prompts `evaluate_students` measures on split number `i` of `SPLITS`."""
+    from ladd_jax.toy.world import sample_scenes
+
+    return sample_scenes(world, split, config.eval_prompts, config.seed + 1 + i)
+
+
+def split_measure(evaluator: Any, config: EvalConfig, i: int, split: str, prompts: list[str]) -> Measure:
+    """`evaluate_students`' `Measure` of split number `i` (its reference renders' seed)."""
+    return Measure(evaluator, split, prompts, config.reference_images, config.seed + 3 + i)
+
+
+def measured_rows_setup(
+    pipe: Any, world: Any, evaluator: Any, config: EvalConfig, msl: int
+) -> Iterator[tuple[str, Sampler, Measure]]:
+    """Per split: (split, a `Sampler` and a `Measure`) over exactly the prompts, initial noise and FD reference of
+    `evaluate_students`' measured rows (without the grid's prompts, which it samples first), so that a study of
+    other samplers or models reproduces the demo's rows to the digit."""
+    from ladd_jax.toy.report import SPLITS
+
+    for i, split in enumerate(SPLITS):
+        scenes = split_scenes(world, config, i, split)
+        n_grid = len(scenes[: config.grid_prompts]) * config.grid_seeds
+        prompts = [s.caption() for s in scenes]
+        seeds = list(range(n_grid, n_grid + len(prompts)))
+        sampler = Sampler(pipe, prompts, seeds, msl, config.cfg, shape=world.shape)
+        yield split, sampler, split_measure(evaluator, config, i, split, prompts)
+
+
 def evaluate_students(
     teacher: Any, students: dict[str, Path], world: Any, evaluator: Any, config: EvalConfig, msl: int
 ) -> tuple[list[dict], dict[str, dict[str, float]], dict[str, Image.Image]]:
@@ -195,14 +224,13 @@ def evaluate_students(
     render then every row)."""
     from ladd_jax.toy.evaluator import render_scenes
     from ladd_jax.toy.report import SPLITS, labelled_grid, row_label
-    from ladd_jax.toy.world import sample_scenes
 
     plan = row_plan(list(students), config)
     pipes = {TEACHER_ROWS: teacher, **{m: load_student(teacher, m, d) for m, d in students.items()}}
     rows = {key: dict(model=key[0], steps=key[1], cfg=key[2], sampler=key[3]) for key in plan}
     real, grids = {}, {}
     for i, split in enumerate(SPLITS):
-        scenes = sample_scenes(world, split, config.eval_prompts, config.seed + 1 + i)
+        scenes = split_scenes(world, config, i, split)
         grid_scenes = scenes[: config.grid_prompts]
         prompts = [s.caption() for s in grid_scenes for _ in range(config.grid_seeds)]
         n_grid = len(prompts)
@@ -213,7 +241,7 @@ def evaluate_students(
                 samplers[pipe.transformer_config] = Sampler(
                     pipe, prompts, list(range(len(prompts))), msl, config.cfg, shape=world.shape
                 )
-        measure = Measure(evaluator, split, prompts[n_grid:], config.reference_images, config.seed + 3 + i)
+        measure = split_measure(evaluator, config, i, split, prompts[n_grid:])
         columns = []
         for key in tqdm(plan, desc=f"evaluate {split}", unit="row"):
             model, steps, cfg, how = key
@@ -246,6 +274,24 @@ def check_students(students: dict[str, Path]) -> None:
                 "name it otherwise with --student NAME=DIR"
             )
         require_pipeline_folder(folder, f"the student {name!r}:", "pass a folder `ladd-jax export` wrote")
+
+
+def load_study(
+    specs: list[str], teacher: str | Path = ASSETS / "teacher", evaluator: str | Path = ASSETS / "evaluator"
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """For a study of students beside the demo's rows (launch/toy_*.py): (the teacher's pipeline, its world, the
+    evaluator, name -> student transformer params) from --student specs, NAME=DIR or DIR. A bad spec or folder is
+    one LaddError, before anything loads."""
+    from ladd_jax.pipeline import SD3Pipeline
+    from ladd_jax.toy.components import read_toy_world
+    from ladd_jax.toy.evaluator import load_evaluator
+
+    students = parse_students(specs)
+    check_students(students)
+    require_pipeline_folder(Path(teacher), "the teacher", f"pass the toy teacher folder ({TEACHER_FIX})")
+    pipe = SD3Pipeline.from_pretrained(teacher)
+    params = {name: load_student(pipe, name, folder).transformer_params for name, folder in students.items()}
+    return pipe, read_toy_world(teacher), load_evaluator(evaluator), params
 
 
 def run_evaluate(
