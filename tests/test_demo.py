@@ -33,6 +33,9 @@ def test_report_files_and_structure(report):
         assert (report / name).stat().st_size > 0, name
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["seconds"] > 0
+    phases = metrics["phase_seconds"]  # where the minutes went, in the order the parts ran
+    assert list(phases) == ["setup", "synthesis", "LADD", "control", "evaluation", "report"]
+    assert all(v > 0 for v in phases.values()) and sum(phases.values()) == pytest.approx(metrics["seconds"], rel=1e-3)
     for key in ("teacher", "student", "control"):
         assert metrics[key].startswith("/"), key  # absolute paths of the folders used
     rows, cfg = rows_of(report), DemoConfig().cfg
@@ -47,6 +50,7 @@ def test_report_files_and_structure(report):
         set(t) == {"target", "split", "value", "bound", "holds"} for t in metrics["targets"]
     )
     md = (report / "report.md").read_text()
+    assert f"(setup {phases['setup']:.0f} s, synthesis" in md
     assert "| student | 1 | 1 |" in md and "| control | 1 | 1 |" in md and "What you are looking at" in md
     logged = [json.loads(line) for line in (report / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "eval/fd_1step" in r] == [0, 6, 12]  # the curve points

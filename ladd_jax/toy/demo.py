@@ -71,6 +71,23 @@ class DemoConfig(EvalConfig):
 QUICK = dict(EVAL_QUICK, synth_prompts=64, ladd_steps=12, curve_prompts=32, eval_every=6)
 
 
+class Phases:
+    """Wall-clock seconds per part of a run, for metrics.json's `phase_seconds`: where a demo's minutes go (the
+    10-minute bound is a sum of them, and which part grows on a slow day is what one wants to know)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._name: str | None = "setup"
+        self._since = time.perf_counter()
+
+    def enter(self, name: str | None) -> None:
+        """Close the current part (its time added to its name's total) and start `name` (None: stop timing)."""
+        now = time.perf_counter()
+        if self._name is not None:
+            self.seconds[self._name] = self.seconds.get(self._name, 0.0) + now - self._since
+        self._name, self._since = name, now
+
+
 def load_ladd_config(variant: str) -> Any:
     """configs/ladd.py:VARIANT from the checkout (configs/ is data, not an installed package)."""
     from ladd_jax.config_files import load_config_file
@@ -98,7 +115,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
     from ladd_jax.toy.report import Figure, check_targets, demo_report, save_grids, training_curves
     from ladd_jax.toy.world import sample_scenes, write_prompts
 
-    start = time.perf_counter()
+    start, phases = time.perf_counter(), Phases()
     require_pipeline_folder(config.teacher, "the toy teacher", f"build it first ({TEACHER_FIX})")
     out = make_out_dir(out, "the demo's output folder").resolve()
     world = read_toy_world(config.teacher)
@@ -108,6 +125,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
     teacher = SD3Pipeline.from_pretrained(config.teacher)
 
     progress("1/5 synthetic latents from the teacher")
+    phases.enter("synthesis")
     prompts_file = write_prompts(world, "train", config.synth_prompts, config.seed, out / "prompts.txt", overwrite=True)
     buckets = ",".join(format_bucket(b) for b in TOY_BUCKETS) if config.multi_aspect else None
     run_synth(
@@ -122,6 +140,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         batch_size=max(1, 32 // jax.local_device_count()),
     )
 
+    phases.enter("LADD")  # with its curves' setup: their prompts' real renders and reference statistics
     # The curves: the EMA student's 1-step samples of held-out test prompts, every eval_every steps.
     curve_scenes = sample_scenes(world, "test", config.curve_prompts, config.seed + 10)
     curve_prompts = [s.caption() for s in curve_scenes]
@@ -143,12 +162,14 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
     students = {"student": distil(ladd, runs["LADD"], out / "student", probe)}
     if config.control:
         progress("3/5 the control: the same run with the heads frozen at a random initialisation")
+        phases.enter("control")
         control = ladd.copy_and_resolve_references()
         control.disc.train, control.disc.output_init, control.sample_every = False, "normal", 0
         runs["control (frozen random heads)"] = out / "control_train"
         students["control"] = distil(control, runs["control (frozen random heads)"], out / "control", probe)
 
     progress("4/5 evaluation on train- and test-split prompts")
+    phases.enter("evaluation")
     table, real, grids = evaluate_students(teacher, students, world, evaluator, config, msl)
     per_bucket = {}
     for bucket in TOY_BUCKETS if config.multi_aspect else ():
@@ -163,6 +184,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         grids.update({f"{format_bucket(bucket)}, {title}": grid for title, grid in bucket_grids.items()})
 
     progress("5/5 report")
+    phases.enter("report")
     curve_teacher = curve_measure(curve_sampler.euler(config.synth_steps, config.cfg))
     curve_real = curve_measure(render_scenes(world, curve_scenes, config.seed + 12, "real renders"))
     teacher_label = f"teacher {config.synth_steps} steps CFG {config.cfg:g}"
@@ -194,6 +216,8 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         path = shutil.copy(runs["LADD"] / "samples" / f"{ladd.total_steps:07d}.png", out / "grid_buckets.png")
         figures.append(Figure(caption, Path(path)))
     result["seconds"] = time.perf_counter() - start
+    phases.enter(None)
+    result["phase_seconds"] = phases.seconds
     demo_report(out, result, figures, out / "curves.png")
     return result
 

@@ -356,10 +356,17 @@ def save_grids(grids: dict[str, Image.Image], out: Path) -> list[Figure]:
 
 def _measured(result: dict[str, Any], models: str) -> str:
     return (
-        f"Measured in {result['seconds'] / 60:.1f} minutes on {result['devices']}. {models} "
+        f"Measured in {result['seconds'] / 60:.1f} minutes{_phases(result)} on {result['devices']}. {models} "
         f"{result['eval_prompts']} prompts per split, one image each per row, every row from the same initial "
         f"noise. {SCHEDULE}"
     )
+
+
+def _phases(result: dict[str, Any]) -> str:
+    """The run's parts and their seconds, e.g. " (setup 9 s, synthesis 41 s, ...)", where it records them (the
+    demo does); empty otherwise."""
+    parts = result.get("phase_seconds") or {}
+    return f" ({', '.join(f'{name} {sec:.0f} s' for name, sec in parts.items())})" if parts else ""
 
 
 def _full_steps(rows: list[dict]) -> int:
