@@ -7,7 +7,7 @@
 #   3. 1024 other train-split items' conditioning -> the teacher's samples (`ladd-jax synth` on the records folder)
 #   4. LADD (configs/ladd.py:toy with config.conditioned) and its control (heads frozen at a random init)
 #   5. held-out items of both splits: teacher, teacher 1 step, student and control (toy/conditioned_eval.py)
-# On 2 CPU cores: fine-tuning about 13 minutes (inpaint, 3000 steps) or 26 (edit, 6000), then synth, LADD, the
+# On 2 CPU cores: fine-tuning about 13-26 minutes (inpaint, 3000 steps) or 26-39 (edit, 6000), then synth, LADD, the
 # control and the evaluation about 12 minutes.
 #
 #   bash launch/toy_conditioned.sh inpaint     # or edit; WORK=DIR to choose the working folder
