@@ -7,7 +7,7 @@
 #   3. LADD from the DPO teacher (its synthetic data, the demo's settings), and the DPO-LoRA re-applied to the student
 #   4. the three teachers measured alike (launch/toy_teacher_eval.py); `ladd-jax evaluate`: the DPO teacher's students
 #
-# On 2 CPU cores about 45 minutes (the samples 7, each DPO run 3, the distillation 10, the evaluations 20).
+# On 2 CPU cores 30-45 minutes (the samples 7-10, each DPO run 3, the distillation 5-10, the evaluations 8-20).
 #
 #   bash launch/toy_dpo.sh            # OUT=runs/dpo
 set -euo pipefail
