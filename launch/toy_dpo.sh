@@ -4,7 +4,7 @@
 #      judged by the toy judge (ladd_jax/toy/judge.py, never the evaluator); the control: the same samples paired
 #      at random
 #   2. a DPO-LoRA on the teacher (configs/dpo.py:toy), and the same run on the random pairs (the control)
-#   3. LADD from the DPO teacher (its synthetic data, the demo's settings), and the DPO-LoRA re-applied to the student
+#   3. LADD from the DPO teacher (its synthetic data, the Baselines' 300 steps), and the DPO-LoRA re-applied to the student
 #   4. the three teachers measured alike (launch/toy_teacher_eval.py); `ladd-jax evaluate`: the DPO teacher's students
 #
 # On 2 CPU cores 30-45 minutes (the samples 7-10, each DPO run 3, the distillation 5-10, the evaluations 8-20).
