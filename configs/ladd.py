@@ -43,6 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # "teacher", "random", or a folder with a saved student of the same architecture (e.g. a regression-pretrained one)
     c.student.init = "teacher"
     c.student.layers = ()
+    # A student this many times the teacher's width (an integer): every channel copied, so it starts as the
+    # teacher's function (models/net2wider.py); the paper finds the student's size its most important factor.
+    c.student.width_factor = 1
+    # Relative noise on the copies' input weights (function unchanged): without it equal copies learn alike.
+    c.student.width_noise = 0.1
     # Student timesteps and their probabilities; the warm-up probabilities hold for the first `warmup_steps`.
     c.student.timesteps = (1.0, 0.75, 0.5, 0.25)
     c.student.probs = (0.7, 0.1, 0.1, 0.1)

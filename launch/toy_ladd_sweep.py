@@ -32,7 +32,7 @@ from ladd_jax.toy.demo import ASSETS, ROOT, DemoConfig, Measure, Sampler
 from ladd_jax.toy.report import training_curves
 from ladd_jax.train.export import export_workdir
 from ladd_jax.train.loop import train_and_evaluate
-from ladd_jax.train.student import student_layers, subset_config
+from ladd_jax.train.student import student_architecture
 from ladd_jax.train.writer import read_metrics
 
 
@@ -106,10 +106,8 @@ def main() -> None:
     measure = Measure(evaluator, args.split, held_out, demo.reference_images, 11)
 
     def probe_for(c) -> Callable[[Any], dict]:
-        """The probe of a run: its student's architecture (a subset or repeats of the teacher's blocks)."""
-        arch = teacher.transformer_config
-        if c.student.layers:
-            arch = subset_config(arch, student_layers(arch, c.student.layers))
+        """The probe of a run: its student's architecture (the teacher's blocks, a subset or repeats, widened)."""
+        arch = student_architecture(teacher.transformer_config, c.student)
         # The sampler is handed the params to sample, so the pipeline needs the architecture only.
         pipe = teacher if arch == teacher.transformer_config else teacher.with_transformer(arch, None)
         sampler = Sampler(pipe, held_out, list(range(len(held_out))), 16, demo.cfg)

@@ -4,6 +4,7 @@ as the identity."""
 from __future__ import annotations
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from conftest import TINY_MMDIT, mmdit_inputs, rel_err
@@ -12,6 +13,10 @@ from ladd_jax.convert.mmdit import save_mmdit
 from ladd_jax.errors import LaddError
 from ladd_jax.models.mmdit import MMDiT, MMDiTConfig, init_params
 from ladd_jax.train.student import init_student, select_layers
+
+
+def student_section(init: str, layers: tuple = (), width_factor: int = 1) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(init=init, layers=layers, width_factor=width_factor, width_noise=0.1))
 
 
 @pytest.mark.parametrize("dual", [(), pytest.param((0,), marks=pytest.mark.slow)])  # CI: the plain blocks
@@ -54,12 +59,14 @@ def test_student_starts_from_a_saved_model_of_its_architecture(tmp_path):
     params = init_params(teacher, jax.random.key(0))
     saved = init_params(teacher, jax.random.key(1))  # e.g. a regression-pretrained student
     folder = save_mmdit(teacher, saved, tmp_path / "transformer")
-    config, got = init_student(teacher, params, (), str(folder), jax.random.key(2))
+    config, got = init_student(teacher, params, student_section(str(folder)), jax.random.key(2))
     assert config == teacher
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(saved), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Another architecture, or no folder: one error naming the fix; a subset student needs the saved subset.
     with pytest.raises(LaddError, match=r"num_layers: 3 \(student: 2\)"):
-        init_student(teacher, params, (0, 2), str(folder), jax.random.key(2))
+        init_student(teacher, params, student_section(str(folder), (0, 2)), jax.random.key(2))
+    with pytest.raises(LaddError, match=r"num_attention_heads: 2 \(student: 4\)"):
+        init_student(teacher, params, student_section(str(folder), width_factor=2), jax.random.key(2))
     with pytest.raises(LaddError, match="neither 'teacher', 'random' nor a folder"):
-        init_student(teacher, params, (), str(tmp_path / "missing"), jax.random.key(2))
+        init_student(teacher, params, student_section(str(tmp_path / "missing")), jax.random.key(2))

@@ -61,6 +61,10 @@ class MMDiTConfig:
     pos_embed_max_size: int = 192
     dual_attention_layers: tuple[int, ...] = ()
     qk_norm: str | None = None  # None or "rms_norm"
+    # Not SD3's: the sincos table is computed for hidden_size / pos_embed_tiles channels and tiled to the width, so
+    # a model widened by copying channels (models/net2wider.py) keeps its origin's positions. Saved in config.json only
+    # when not 1; diffusers reads the table from the checkpoint's pos_embed buffer, so it runs such a model as is.
+    pos_embed_tiles: int = 1
     # Computation only; not part of the checkpoint.
     dtype: str = "float32"  # activations and matmuls; params stay fp32
     remat_policy: str = "none"  # "none", "full", or a jax.checkpoint_policies name, e.g. "dots_saveable"
@@ -81,6 +85,11 @@ class MMDiTConfig:
         bad = [i for i in self.dual_attention_layers if not 0 <= i < self.num_layers]
         if bad:
             raise LaddError(f"dual_attention_layers {bad} are outside 0..{self.num_layers - 1}")
+        if self.pos_embed_tiles < 1 or self.hidden_size % (4 * self.pos_embed_tiles):
+            raise LaddError(
+                f"pos_embed_tiles={self.pos_embed_tiles} must be >= 1 and divide the width {self.hidden_size} into "
+                "tiles of a multiple of 4 channels (the sincos table's sin and cos of two axes)"
+            )
         check_attention_settings(self.attention_impl, self.attention_block_size)
         if self.remat_policy not in ("none", "full") and not hasattr(jax.checkpoint_policies, self.remat_policy):
             raise LaddError(f"remat_policy={self.remat_policy!r}: use 'none', 'full' or a jax.checkpoint_policies name")
@@ -99,7 +108,7 @@ class MMDiTConfig:
     @classmethod
     def from_diffusers(cls, config: dict[str, Any], **overrides: Any) -> MMDiTConfig:
         """From diffusers' `SD3Transformer2DModel` config.json (unknown keys such as _class_name are ignored)."""
-        fields = {k: config[k] for k in _DIFFUSERS_FIELDS if k in config}
+        fields = {k: config[k] for k in (*_DIFFUSERS_FIELDS, "pos_embed_tiles") if k in config}
         if fields.get("out_channels") is None:
             fields["out_channels"] = config.get("in_channels", cls.in_channels)
         return cls(**fields, **overrides)
@@ -108,6 +117,8 @@ class MMDiTConfig:
         out = {"_class_name": "SD3Transformer2DModel"}
         out.update({k: getattr(self, k) for k in _DIFFUSERS_FIELDS})
         out["dual_attention_layers"] = list(self.dual_attention_layers)
+        if self.pos_embed_tiles != 1:
+            out["pos_embed_tiles"] = self.pos_embed_tiles
         return out
 
     def layer_tags(self) -> list[frozenset[str]]:
@@ -141,8 +152,8 @@ PRESETS = {
 
 def sincos_pos_embed(config: MMDiTConfig, rows: slice | None = None, cols: slice | None = None) -> np.ndarray:
     """diffusers' `get_2d_sincos_pos_embed` (fp32 grid, fp64 frequencies) over the pos_embed_max_size grid,
-    or over the given rows and columns of it: [n_rows * n_cols, D]."""
-    m, dim = config.pos_embed_max_size, config.hidden_size
+    or over the given rows and columns of it: [n_rows * n_cols, D] (a table of D / pos_embed_tiles channels, tiled)."""
+    m, dim = config.pos_embed_max_size, config.hidden_size // config.pos_embed_tiles
     pos = np.arange(m, dtype=np.float32) / np.float32(m / (config.sample_size // config.patch_size))
 
     def one_axis(p: np.ndarray) -> np.ndarray:
@@ -160,7 +171,7 @@ def sincos_pos_embed(config: MMDiTConfig, rows: slice | None = None, cols: slice
         ],
         axis=-1,
     )
-    return grid.reshape(-1, dim)
+    return np.tile(grid.reshape(-1, dim), (1, config.pos_embed_tiles))
 
 
 def cropped_pos_embed(config: MMDiTConfig, h: int, w: int) -> np.ndarray:

@@ -154,10 +154,11 @@ def sample_rows(
     rows["teacher 1 step (student init)"] = sampler.few_step(teacher.transformer_params, 1)
     for name, folder in students.items():
         student = load_student(teacher, name, folder)
+        size = lambda c: f"{c.num_layers} blocks of width {c.hidden_size}"
         if student.transformer_config != teacher.transformer_config:
             raise LaddError(
-                f"student {name!r} ({folder}) is {student.transformer_config.num_layers} blocks deep, its teacher "
-                f"{teacher.transformer_config.num_layers}: conditioned evaluation samples the teacher's architecture"
+                f"student {name!r} ({folder}) has {size(student.transformer_config)}, its teacher "
+                f"{size(teacher.transformer_config)}: conditioned evaluation samples the teacher's architecture"
             )
         params = student.transformer_params
         for n in config.student_steps:

@@ -165,17 +165,24 @@ def row_plan(students: list[str], config: EvalConfig) -> list[tuple[str, int, fl
     return plan + [(m, n, 1.0, "student schedule") for m in students for n in config.student_steps]
 
 
-# What a student may change of its teacher's transformer: its depth (train/student.py's repeated blocks).
-DEPTH_FIELDS = ("num_layers", "dual_attention_layers")
+# What a student may change of its teacher's transformer: its depth (train/student.py's repeated blocks) and its
+# width (models/net2wider.py's copied channels).
+SIZE_FIELDS = (
+    "num_layers",
+    "dual_attention_layers",
+    "num_attention_heads",
+    "caption_projection_dim",
+    "pos_embed_tiles",
+)
 
 
 def load_student(teacher: Any, name: str, folder: Path) -> Any:
     """The teacher's pipeline with the student's transformer. The student shares the teacher's text encoders and
-    VAE, so its transformer must read and write the same tensors; only its depth may differ."""
+    VAE, so its transformer must read and write the same tensors; only its depth and width may differ."""
     from ladd_jax.pipeline import SD3Pipeline
 
     student = SD3Pipeline.from_pretrained(folder)
-    interface = lambda c: dataclasses.replace(c, **{f: getattr(teacher.transformer_config, f) for f in DEPTH_FIELDS})
+    interface = lambda c: dataclasses.replace(c, **{f: getattr(teacher.transformer_config, f) for f in SIZE_FIELDS})
     if interface(student.transformer_config) != teacher.transformer_config:
         raise LaddError(
             f"student {name!r} ({folder}) has a transformer of other shapes than the teacher's ({teacher.folder}); "

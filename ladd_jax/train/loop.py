@@ -31,7 +31,7 @@ from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from ladd_jax.train.runner import CompiledSteps, resume_or_init, run_steps
 from ladd_jax.train.state import Models, init_state, make_models
 from ladd_jax.train.steps import BATCH_FIELDS, COND_FIELD, jit_train_step
-from ladd_jax.train.student import init_student, lora_spec, student_layers, subset_config
+from ladd_jax.train.student import init_student, lora_spec, student_architecture
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -106,14 +106,15 @@ def build(
     networks = methods.frozen_networks(config, teacher_folder, (teacher_cfg, teacher_host), spec)
     check_data(spec, teacher_cfg, config.batch_size, sharding.batch_size_multiple(mesh))
     key = jax.random.key(config.seed)
-    make_student = lambda p: init_student(
-        teacher_cfg, p, config.student.layers, config.student.init, jax.random.fold_in(key, 1)
-    )[1]
+    make_student = lambda p: init_student(teacher_cfg, p, config.student, jax.random.fold_in(key, 1))[1]
     student_host = jax.eval_shape(make_student, teacher_host) if is_abstract else make_student(teacher_host)
-    student_cfg = subset_config(teacher_cfg, student_layers(teacher_cfg, config.student.layers))
+    student_cfg = student_architecture(teacher_cfg, config.student)
     lora = lora_spec(config.get("lora"))
-    if lora is not None and config.student.init != "teacher":
-        raise LaddError("a LoRA student adapts the teacher's weights: set student.init=teacher (or lora.rank=0)")
+    if lora is not None and (config.student.init != "teacher" or config.student.width_factor != 1):
+        raise LaddError(
+            "a LoRA student adapts the teacher's weights: set student.init=teacher and student.width_factor=1 "
+            "(or lora.rank=0)"
+        )
     models = make_models(
         config, teacher_cfg, student_cfg, **networks.modules, heads_on_features=networks.heads_on_features, lora=lora
     )

@@ -1,5 +1,5 @@
-"""The student's architecture and initial params: the teacher itself, a subset of its blocks, random, or a saved
-model of that architecture; and, for a LoRA student, which adapters train."""
+"""The student's architecture and initial params: the teacher itself, a subset of its blocks, a wider copy of it,
+random, or a saved model of that architecture; and, for a LoRA student, which adapters train."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ladd_jax.convert.mmdit import load_mmdit
 from ladd_jax.errors import LaddError
 from ladd_jax.models.lora import LoraSpec
 from ladd_jax.models.mmdit import MMDiTConfig, init_params
+from ladd_jax.models.net2wider import wider, wider_config
 
 
 def subset_config(teacher: MMDiTConfig, layers: Sequence[int]) -> MMDiTConfig:
@@ -76,17 +77,24 @@ def student_layers(teacher: MMDiTConfig, layers: Sequence[int]) -> tuple[int, ..
     return tuple(int(i) for i in layers) or tuple(range(teacher.num_layers))
 
 
+def student_architecture(teacher: MMDiTConfig, student: ml_collections.ConfigDict) -> MMDiTConfig:
+    """The student's MMDiTConfig: the teacher's blocks `student.layers`, `student.width_factor` times wider."""
+    return wider_config(subset_config(teacher, student_layers(teacher, student.layers)), student.width_factor)
+
+
 def init_student(
-    teacher: MMDiTConfig, teacher_params: dict, layers: Sequence[int], init: str, rng: jax.Array
+    teacher: MMDiTConfig, teacher_params: dict, student: ml_collections.ConfigDict, rng: jax.Array
 ) -> tuple[MMDiTConfig, dict]:
-    """The student's config and fp32 host params, per `student.init`: "teacher", "random", or a folder holding a
-    transformer of the student's architecture (an exported student: a regression-pretrained start, Diffusion2GAN's
-    two stages, or an earlier run's)."""
-    config, params = select_layers(teacher, teacher_params, student_layers(teacher, layers))
-    if init == "random":
-        params = jax.device_get(init_params(config, rng))
-    elif init != "teacher":
-        params = saved_student(init, config)
+    """The student's config and fp32 host params, per `student.init`: "teacher" (its blocks `student.layers`,
+    widened `student.width_factor` times by copying channels: the teacher's function either way), "random", or a folder
+    holding a transformer of the student's architecture (an exported student: a regression-pretrained start,
+    Diffusion2GAN's two stages, or an earlier run's)."""
+    narrow, params = select_layers(teacher, teacher_params, student_layers(teacher, student.layers))
+    config, params = wider(narrow, params, student.width_factor, jax.random.fold_in(rng, 0), student.width_noise)
+    if student.init == "random":
+        params = jax.device_get(init_params(config, jax.random.fold_in(rng, 1)))
+    elif student.init != "teacher":
+        params = saved_student(student.init, config)
     return config, params
 
 
