@@ -1,7 +1,7 @@
 """`ladd-jax evaluate`: exported students measured beside the toy teacher. The shipped teacher folder is itself a
-valid pipeline folder, so it stands in for a student ("a"), and a deeper student made of its blocks, the repeats
-starting as the identity, for another ("b"); both compute the teacher's function, so each must reproduce the
-teacher's 1-step no-CFG row."""
+valid pipeline folder, so it stands in for a student ("a"), and a deeper and wider student made of its blocks (the
+repeats starting as the identity, every channel copied) for another ("b"); both compute the teacher's function, so
+each must reproduce the teacher's 1-step no-CFG row."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import pytest
 
 from ladd_jax.cli import main
@@ -21,19 +22,21 @@ TINY = EvalConfig(eval_prompts=8, reference_images=32, grid_prompts=1, grid_seed
 
 
 @pytest.fixture(scope="module")
-def deeper_student(tmp_path_factory):
+def bigger_student(tmp_path_factory):
     from ladd_jax.convert.mmdit import load_mmdit
     from ladd_jax.export import export_student
+    from ladd_jax.models.net2wider import wider
     from ladd_jax.train.student import select_layers
 
     config, params = select_layers(*load_mmdit(TEACHER / "transformer"), (0, 0, 1, 2, 2, 3))
-    return export_student(TEACHER, config, params, tmp_path_factory.mktemp("deeper") / "student")
+    config, params = wider(config, params, 2, jax.random.key(0), noise=0.1)
+    return export_student(TEACHER, config, params, tmp_path_factory.mktemp("bigger") / "student")
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory, deeper_student):
+def report(tmp_path_factory, bigger_student):
     out = tmp_path_factory.mktemp("evaluate")
-    run_evaluate(out, {"a": TEACHER, "b": deeper_student}, config=TINY)
+    run_evaluate(out, {"a": TEACHER, "b": bigger_student}, config=TINY)
     return out
 
 
@@ -75,8 +78,8 @@ def test_report_files_rows_and_paths(report):
 
 
 def test_teacher_as_student_reproduces_the_teachers_one_step_row(report):
-    """Same noise, same function (the weights loaded from a folder again; for "b" in a deeper model sampled by its
-    own architecture), same sampler: anything else is a wiring bug."""
+    """Same noise, same function (the weights loaded from a folder again; for "b" in a deeper, wider model sampled by
+    its own architecture), same sampler: anything else is a wiring bug."""
     rows = rows_of(report)
     teacher = rows[("teacher", 1, 1.0, "student schedule")]
     for name in ("a", "b"):

@@ -182,8 +182,8 @@ def load_student(teacher: Any, name: str, folder: Path) -> Any:
     from ladd_jax.pipeline import SD3Pipeline
 
     student = SD3Pipeline.from_pretrained(folder)
-    interface = lambda c: dataclasses.replace(c, **{f: getattr(teacher.transformer_config, f) for f in SIZE_FIELDS})
-    if interface(student.transformer_config) != teacher.transformer_config:
+    interface = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if k not in SIZE_FIELDS}
+    if interface(student.transformer_config) != interface(teacher.transformer_config):
         raise LaddError(
             f"student {name!r} ({folder}) has a transformer of other shapes than the teacher's ({teacher.folder}); "
             "evaluate it beside the teacher it was distilled from (--teacher DIR)"
