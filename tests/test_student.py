@@ -70,3 +70,12 @@ def test_student_starts_from_a_saved_model_of_its_architecture(tmp_path):
         init_student(teacher, params, student_section(str(folder), width_factor=2), jax.random.key(2))
     with pytest.raises(LaddError, match="neither 'teacher', 'random' nor a folder"):
         init_student(teacher, params, student_section(str(tmp_path / "missing")), jax.random.key(2))
+
+
+def test_wider_student_of_the_teacher():
+    teacher = MMDiTConfig(**TINY_MMDIT)
+    params = init_params(teacher, jax.random.key(0))
+    config, got = init_student(teacher, params, student_section("teacher", (0, 0, 1, 2), 2), jax.random.key(2))
+    assert (config.num_layers, config.hidden_size, config.pos_embed_tiles) == (4, 2 * teacher.hidden_size, 2)
+    assert got["proj_out"]["kernel"].shape == (2 * teacher.hidden_size, params["proj_out"]["kernel"].shape[1])
+    assert init_student(teacher, params, student_section("random", (), 2), jax.random.key(2))[0].hidden_size == 32

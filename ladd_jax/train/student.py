@@ -86,14 +86,16 @@ def init_student(
     teacher: MMDiTConfig, teacher_params: dict, student: ml_collections.ConfigDict, rng: jax.Array
 ) -> tuple[MMDiTConfig, dict]:
     """The student's config and fp32 host params, per `student.init`: "teacher" (its blocks `student.layers`,
-    widened `student.width_factor` times by copying channels: the teacher's function either way), "random", or a folder
-    holding a transformer of the student's architecture (an exported student: a regression-pretrained start,
+    widened `student.width_factor` times by copying channels: the teacher's function either way), "random", or a
+    folder holding a transformer of the student's architecture (an exported student: a regression-pretrained start,
     Diffusion2GAN's two stages, or an earlier run's)."""
     narrow, params = select_layers(teacher, teacher_params, student_layers(teacher, student.layers))
-    config, params = wider(narrow, params, student.width_factor, jax.random.fold_in(rng, 0), student.width_noise)
-    if student.init == "random":
-        params = jax.device_get(init_params(config, jax.random.fold_in(rng, 1)))
-    elif student.init != "teacher":
+    config = wider_config(narrow, student.width_factor)
+    if student.init == "teacher":
+        _, params = wider(narrow, params, student.width_factor, jax.random.fold_in(rng, 0), student.width_noise)
+    elif student.init == "random":
+        params = jax.device_get(init_params(config, rng))
+    else:
         params = saved_student(student.init, config)
     return config, params
 
