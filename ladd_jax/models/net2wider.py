@@ -72,9 +72,9 @@ def wider(config: MMDiTConfig, params: dict, factor: int, rng: jax.Array, noise:
             axis = x.ndim - len(roles) + offset
             if role == COPY:
                 x = jnp.concatenate([x] * factor, axis)
-            elif role == CHUNKS:  # [..., k * D] -> [..., k, D] copied per chunk -> [..., k * factor * D]
-                chunks = jnp.moveaxis(x, axis, -1).reshape(*x.shape[:axis], *x.shape[axis + 1 :], -1, width)
-                x = jnp.moveaxis(jnp.concatenate([chunks] * factor, -1).reshape(*chunks.shape[:-2], -1), -1, axis)
+            elif role == CHUNKS:  # the output axis, last: [..., k * D] -> [..., k, factor * D] -> [..., k * factor * D]
+                chunks = x.reshape(*x.shape[:-1], -1, width)
+                x = jnp.concatenate([chunks] * factor, -1).reshape(*x.shape[:-1], -1)
         split = [offset for offset, role in enumerate(roles) if role == SPLIT]
         if split:
             axis = x.ndim - len(roles) + split[0]
