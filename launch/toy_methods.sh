@@ -18,24 +18,6 @@ ladd-jax evaluate --out "$OUT/compare" \
   --student LCM-k1="$OUT/lcm/student" --student LCM-k5="$OUT/lcm_k5/student" \
   --student D2G-mse="$OUT/d2g_mse/student" --student D2G-lpips="$OUT/d2g_lpips/student" \
   --student D2G-lpips+gan="$OUT/d2g_gan/student"
-# one_step.png: the real render, the teacher and every method's 1-step column of the evaluation's grids.
-python - "$OUT/compare" <<'PY'
-import sys
-from pathlib import Path
-from PIL import Image
-folder = Path(sys.argv[1])
-columns = [0, 1] + list(range(6, 33, 3))  # real, teacher 20 steps, then each student's 1-step column
-rows = []
-for path in sorted(folder.glob("grid_*.png")):
-    grid = Image.open(path)
-    width = grid.size[0] / 33  # 33 labelled columns: real, 5 teacher rows, 9 students x 3 step counts
-    cells = [grid.crop((int(c * width), 0, int((c + 1) * width), grid.size[1])) for c in columns]
-    row = Image.new("RGB", (sum(c.size[0] for c in cells), grid.size[1]), "white")
-    for i, cell in enumerate(cells):
-        row.paste(cell, (sum(c.size[0] for c in cells[:i]), 0))
-    rows.append(row)
-out = Image.new("RGB", (rows[0].size[0], sum(r.size[1] for r in rows)), "white")
-for i, row in enumerate(rows):
-    out.paste(row, (0, sum(r.size[1] for r in rows[:i])))
-out.save(folder / "one_step.png")
-PY
+# one_step.png: the real render, the teacher and every method's 1-step column of the evaluation's grids (33 labelled
+# columns: real, 5 teacher rows, 9 students x 3 step counts).
+python launch/toy_grid_columns.py "$OUT/compare" "$OUT/compare/one_step.png" --total 33 --columns 0 1 $(seq 6 3 30)

@@ -16,6 +16,7 @@ from ladd_jax.cli import main
 from ladd_jax.errors import LaddError
 from ladd_jax.toy import evaluate
 from ladd_jax.toy.evaluate import ASSETS, EvalConfig, parse_students, run_evaluate
+from ladd_jax.toy.report import row_label
 
 TEACHER = ASSETS / "teacher"
 TINY = EvalConfig(eval_prompts=8, reference_images=32, grid_prompts=1, grid_seeds=1, student_steps=(1,), synth_steps=2)
@@ -148,3 +149,9 @@ def test_student_of_another_shape_is_one_clear_error(tmp_path):
     other = write_tiny_sd3_folder(tmp_path / "other", with_t5=False)
     with pytest.raises(LaddError, match="student 'other'.*other shapes than the teacher's.*--teacher DIR"):
         evaluate.load_student(SD3Pipeline.from_pretrained(TEACHER), "other", other)
+
+
+def test_a_student_is_labelled_by_its_own_name_even_real():
+    """A student named "real" (a real-data run) keeps its name in the grids; only the renders' column says render."""
+    assert row_label(dict(model="real", steps=1, cfg=1.0)) == "real 1 step"
+    assert row_label(dict(model="teacher", steps=4, cfg=3.0)) == "teacher 4 steps, CFG 3"

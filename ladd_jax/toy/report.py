@@ -23,9 +23,7 @@ CELL_SCALE = 2  # grid cells are drawn at 2x (nearest), so 64x64 samples are leg
 
 
 def row_label(row: dict) -> str:
-    """How a table row is named in tables and in grid headers."""
-    if row["model"] == "real":
-        return "real render"
+    """How a table row is named in tables and in grid headers (the real renders' column is labelled apart)."""
     cfg = f", CFG {row['cfg']:g}" if row["cfg"] > 1 else ""
     return f"{row['model']} {row['steps']} step{'s' if row['steps'] > 1 else ''}{cfg}"
 
