@@ -14,6 +14,7 @@ from ladd_jax.errors import LaddError
 from ladd_jax.flow import flow_match_sigmas
 from ladd_jax.models.vae import AutoencoderKL, unscale_latents
 from ladd_jax.train import methods, sharding
+from ladd_jax.train.dmd import DMDGame
 from ladd_jax.train.loop import build, make_loader, train_and_evaluate
 from ladd_jax.train.state import init_state
 from ladd_jax.train.steps import Game, step_draws
@@ -42,6 +43,8 @@ METHOD_CONFIGS = {  # name -> (config file, overrides); features: which folder
     "lcm": ("lcm", {}),
     "d2g-gan": ("d2g", {"regression.perceptual_weight": 1.0, "adv_weight": 0.1}),
     "add": ("add", {"disc.feature_stride": 2}),
+    "dmd": ("dmd", {}),
+    "dmd-ladd": ("dmd", {"adv_weight": 1.0}),
 }
 
 
@@ -177,6 +180,81 @@ def test_guided_distillation_by_hand(world):
         methods.method(tiny_config(world, "ladd", distill_cfg=0.5))
 
 
+def two_steps(config):
+    """(setup, state before, after one step, after two, the first step's metrics, its batch, key): the first
+    step's rates are 0 (the warm-up), the second's are not."""
+    mesh = sharding.make_mesh()
+    loader = make_loader(config, mesh)
+    setup, student, second_network = build(config, loader.element_spec, mesh)
+    state = init_state(setup.models, student, second_network)
+    step, key = jax.jit(methods.make_step(config, setup.models, mesh)), jax.random.key(config.seed)
+    batch = next(loader)
+    first, metrics = step(jax.tree.map(jnp.copy, state), setup.frozen, batch, key)
+    second, _ = step(jax.tree.map(jnp.copy, first), setup.frozen, next(loader), key)
+    loader.close()
+    return setup, state, first, second, jax.device_get(metrics), batch, key
+
+
+def moved(a, b) -> float:
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def test_dmd_by_hand_and_its_fake_score_learns(world):
+    """DMD's two losses at step 0 from the step's own draws: the fake score (the teacher's copy, not yet moved: the
+    warm-up's rate is 0) by flow matching on the student's sample, and the distribution-matching loss from the
+    guided teacher's and the fake score's x0 estimates with DMD's per-sample normalisation; at step 1 the fake
+    score and the student move."""
+    c = tiny_config(world, "dmd", d_steps=1, lr_warmup_steps=1)
+    setup, state, first, second, metrics, batch, key = two_steps(c)
+    teacher = setup.frozen["teacher"]
+    fake_score = lambda st: st.disc["fake_score"]
+    assert moved(fake_score(state), teacher) == 0 and moved(fake_score(first), teacher) == 0
+    assert moved(fake_score(second), fake_score(first)) > 0 and moved(second.student, first.student) > 0
+    x0, ctx, pooled = (np.asarray(batch[k]) for k in ("latent", "context", "pooled"))
+    draws = jax.device_get(DMDGame.step_draws(c, jnp.zeros((), jnp.int32), key, x0.shape))
+    assert (draws["t_distill"] >= 0.02).all() and (draws["t_distill"] <= 0.98).all()
+    col = lambda a: a[:, None, None, None]
+    apply = jax.jit(lambda p, x, t, c_, p_: setup.models.student.apply({"params": p}, x, t, c_, p_))
+    x_t = (1 - col(draws["t"])) * x0 + col(draws["t"]) * draws["eps"]
+    x0_hat = x_t - col(draws["t"]) * apply(state.student, x_t, draws["t"], ctx, pooled)
+    s, eps = draws["t_score"], draws["eps_real"]
+    v = apply(teacher, (1 - col(s)) * x0_hat + col(s) * eps, s, ctx, pooled)
+    np.testing.assert_allclose(metrics["fake_score_loss"], np.mean((v - (eps - x0_hat)) ** 2), rtol=1e-3)
+    s = draws["t_distill"]
+    x_s = (1 - col(s)) * x0_hat + col(s) * draws["eps_fake"]
+    empty = [np.broadcast_to(setup.frozen[k], a.shape) for k, a in (("empty_context", ctx), ("empty_pooled", pooled))]
+    v_cond, v_empty = apply(teacher, x_s, s, ctx, pooled), apply(teacher, x_s, s, *empty)
+    real = x_s - col(s) * (v_empty + c.distill_cfg * (v_cond - v_empty))
+    fake = x_s - col(s) * v_cond  # the fake score is still the teacher, unguided
+    grad = (fake - real) / np.mean(np.abs(x0_hat - real), axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(metrics["dmd"], 0.5 * np.mean(grad**2), rtol=1e-3)
+    np.testing.assert_allclose(metrics["g_total"], c.distill_weight * metrics["dmd"], rtol=1e-6)
+
+
+def test_dmd_with_heads_adds_ladds_term(world):
+    """adv_weight > 0: LADD's heads play beside the fake score (each with its own rate), and the student's loss is
+    DMD's plus LADD's."""
+    c = tiny_config(world, "dmd", d_steps=1, lr_warmup_steps=1, adv_weight=0.5)
+    _, state, _, second, metrics, *_ = two_steps(c)
+    assert set(state.disc) == {"fake_score", "heads"} and moved(second.disc["heads"], state.disc["heads"]) > 0
+    assert 0 <= metrics["d_acc"] <= 1 and metrics["fake_score_loss"] > 0
+    np.testing.assert_allclose(metrics["g_total"], metrics["dmd"] + 0.5 * metrics["g_loss"], rtol=1e-5)
+    # LADD's control (disc.train=False): the heads stay at their initialisation, the fake score still learns.
+    _, state, _, second, *_ = two_steps(
+        tiny_config(world, "dmd", d_steps=1, lr_warmup_steps=1, adv_weight=0.5, **{"disc.train": False})
+    )
+    assert moved(second.disc["heads"], state.disc["heads"]) == 0
+    assert moved(second.disc["fake_score"], state.disc["fake_score"]) > 0
+
+
+def test_dmd_control_frozen_at_the_teacher_and_unguided_has_no_gradient(world):
+    """Frozen at the teacher with an unguided real score, the fake and real x0 estimates are one function: DMD's
+    gradient is zero and the student does not move (a guided real score alone is what such a control trains)."""
+    c = tiny_config(world, "dmd", d_steps=1, lr_warmup_steps=1, distill_cfg=1.0, **{"dmd.fake_score_lr": 0.0})
+    _, state, _, second, metrics, *_ = two_steps(c)
+    assert metrics["dmd"] == 0 and moved(second.student, state.student) == 0 and moved(second.disc, state.disc) == 0
+
+
 # Slow for the suite's time (60 s each): CI checks exact resume on LADD's game (tests/test_train.py) and each
 # method's step by hand above.
 @pytest.mark.slow
@@ -221,6 +299,10 @@ def test_method_errors(world, features, tmp_path):
         train_and_evaluate(tiny_config(world, "add"), tmp_path)
     with pytest.raises(LaddError, match="lcm.skip"):
         train_and_evaluate(method_config(world, features, "lcm", **{"lcm.skip": 99}), tmp_path)
+    with pytest.raises(LaddError, match="distill_weight"):
+        methods.method(tiny_config(world, "dmd", distill_weight=0.0))
+    with pytest.raises(LaddError, match="d_steps"):
+        methods.method(tiny_config(world, "dmd", d_steps=0, **{"disc.train": False}))
 
 
 def test_misaligned_pairs_text_comes_from_the_batch_or_the_records(world):

@@ -24,7 +24,6 @@ import numpy as np
 from ladd_jax.convert.mmdit import load_mmdit
 from ladd_jax.data.loader import Loader
 from ladd_jax.errors import LaddError
-from ladd_jax.models.discriminator import init_discriminator
 from ladd_jax.models.lora import init_lora
 from ladd_jax.train import methods, sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
@@ -116,14 +115,18 @@ def build(
             "(or lora.rank=0)"
         )
     models = make_models(
-        config, teacher_cfg, student_cfg, **networks.modules, heads_on_features=networks.heads_on_features, lora=lora
+        config,
+        teacher_cfg,
+        student_cfg,
+        **networks.modules,
+        heads_on_features=networks.heads_on_features,
+        lora=lora,
+        d_tx=methods.second_network_optimizer(config),
     )
-    disc_host = {}  # a method without heads keeps an empty tree
-    if methods.uses_heads(config):
-        feature_dim = networks.feature_dim or teacher_cfg.hidden_size
-        disc_host = init_discriminator(
-            models.disc.config, jax.random.fold_in(key, 2), feature_dim, teacher_cfg.pooled_projection_dim
-        )
+    feature_dim = networks.feature_dim or teacher_cfg.hidden_size
+    disc_host = methods.initial_second_network(
+        config, models, (teacher_cfg, teacher_host), jax.random.fold_in(key, 2), feature_dim
+    )
     frozen_host = dict(teacher=teacher_host, **networks.params)
     # The teacher is cast to teacher_dtype, a LoRA student's base to lora.base_dtype; the other frozen networks
     # stay as loaded (float32).
@@ -231,7 +234,7 @@ def train_and_evaluate(
         loader,
         checkpoints,
         meta,
-        dict(d="d_loss", g="g_loss", acc="d_acc", lcm="lcm_loss", mse="mse", lpips="perceptual"),
+        dict(d="d_loss", g="g_loss", acc="d_acc", lcm="lcm_loss", mse="mse", lpips="perceptual", dmd="dmd"),
         samples,
         None if evaluate is None else lambda state: evaluate(ema_params(state)),
     )[1]

@@ -7,6 +7,8 @@
     d2g   Diffusion2GAN-style regression of the teacher's ODE pairs (noise -> latent): MSE
           and/or an ensembled latent perceptual distance, + LADD's adversarial term
           (adv_weight > 0)                                                                     train/regression.py
+    dmd   Distribution Matching Distillation: the teacher's guided score minus a fake score that
+          learns the student's samples (a trainable copy of the teacher, in the heads' place)  train/dmd.py
 
 Every method shares the state (student, EMA, heads, optimisers), sharding, checkpoints, resume, metrics and export;
 a method without heads keeps an empty head tree.
@@ -18,15 +20,18 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
+import optax
 from jax.sharding import Mesh
 
 from ladd_jax.data.records import MISMATCH_FIELDS
 from ladd_jax.errors import LaddError
-from ladd_jax.train.state import Models
+from ladd_jax.models.discriminator import init_discriminator
+from ladd_jax.train.state import Models, optimizer
 from ladd_jax.train.steps import BATCH_FIELDS, COND_FIELD, MISALIGNED_SOURCES, StepFn, make_train_step
 
-METHODS = ("ladd", "add", "lcm", "d2g")
+METHODS = ("ladd", "add", "lcm", "d2g", "dmd")
 
 
 @dataclasses.dataclass
@@ -47,17 +52,46 @@ def method(config: ml_collections.ConfigDict) -> str:
         raise LaddError("lcm has no discriminator: set adv_weight=0 (or train method d2g/ladd for an adversarial term)")
     if name == "lcm" and config.get("conditioned"):
         raise LaddError("lcm takes no conditioning latents yet; distil a conditioned teacher with ladd, add or d2g")
+    if name == "dmd" and not config.distill_weight:
+        raise LaddError("dmd's loss is weighted by distill_weight: set it above 0 (configs/dmd.py: 1)")
     if config.misaligned_source not in MISALIGNED_SOURCES:
         raise LaddError(f"config.misaligned_source={config.misaligned_source!r}: use one of {MISALIGNED_SOURCES}")
     if config.get("distill_cfg", 1.0) < 1.0:
         raise LaddError(f"config.distill_cfg={config.distill_cfg}: a CFG scale is >= 1 (1: the teacher unguided)")
-    if uses_heads(config) and config.disc.train and config.get("d_steps", 1) < 1:
-        raise LaddError(f"config.d_steps={config.d_steps}: heads need at least one update a step (or disc.train=False)")
+    if ((uses_heads(config) and config.disc.train) or name == "dmd") and config.get("d_steps", 1) < 1:
+        raise LaddError(
+            f"config.d_steps={config.d_steps}: heads and DMD's fake score need at least one update a step "
+            "(or, for LADD's heads, disc.train=False)"
+        )
     return name
 
 
 def uses_heads(config: ml_collections.ConfigDict) -> bool:
     return config.adv_weight > 0
+
+
+def initial_second_network(
+    config: ml_collections.ConfigDict, models: Models, teacher: tuple[Any, Any], key: jax.Array, feature_dim: int
+) -> Any:
+    """The host params the step's D phase trains (state.disc): LADD's heads, reading `feature_dim`-wide features;
+    for DMD its fake score, which starts as the teacher (`teacher`: its (MMDiTConfig, params)), and the heads when
+    they play; or an empty tree."""
+    teacher_cfg, teacher_params = teacher
+    heads = {}
+    if uses_heads(config):
+        heads = init_discriminator(models.disc.config, key, feature_dim, teacher_cfg.pooled_projection_dim)
+    if method(config) == "dmd":
+        return dict(fake_score=teacher_params, **(dict(heads=heads) if heads else {}))
+    return heads
+
+
+def second_network_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optimiser of state.disc: the heads' (rate d_lr), or DMD's one per part."""
+    if method(config) == "dmd":
+        from ladd_jax.train.dmd import second_network_optimizer as dmd_optimizer
+
+        return dmd_optimizer(config)
+    return optimizer(config.d_lr, config)
 
 
 def batch_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -129,4 +163,8 @@ def make_step(config: ml_collections.ConfigDict, models: Models, mesh: Mesh) -> 
         from ladd_jax.train.regression import RegressionGame
 
         return make_train_step(config, models, mesh, game=RegressionGame)
+    if name == "dmd":
+        from ladd_jax.train.dmd import DMDGame
+
+        return make_train_step(config, models, mesh, game=DMDGame)
     return make_train_step(config, models, mesh)

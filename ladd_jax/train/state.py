@@ -63,8 +63,17 @@ class Models:
 
 
 def optimizer(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW after global-norm clipping; a linear warm-up to `lr`, then constant (`lr_decay="constant"`) or a
-    cosine decay to `lr * lr_final_fraction` at `lr_decay_steps` (default `total_steps`; `lr_decay="cosine"`)."""
+    """AdamW after global-norm clipping, at `learning_rate(lr, config)`."""
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw(learning_rate(lr, config), config))
+
+
+def adamw(schedule: optax.Schedule, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+
+
+def learning_rate(lr: float, config: ml_collections.ConfigDict) -> optax.Schedule:
+    """A linear warm-up to `lr`, then constant (`lr_decay="constant"`) or a cosine decay to `lr *
+    lr_final_fraction` at `lr_decay_steps` (default `total_steps`; `lr_decay="cosine"`)."""
     warmup = max(int(config.lr_warmup_steps), 1)
     if config.lr_decay == "constant":
         schedule = optax.linear_schedule(0.0, lr, warmup)
@@ -76,10 +85,7 @@ def optimizer(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTra
         )
     else:
         raise LaddError(f"lr_decay={config.lr_decay!r} is not a schedule; use 'constant' or 'cosine'")
-    return optax.chain(
-        optax.clip_by_global_norm(config.grad_clip),
-        optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay),
-    )
+    return schedule
 
 
 def disc_config(config: ml_collections.ConfigDict, num_layers: int, source: str = "teacher") -> DiscriminatorConfig:
@@ -119,10 +125,11 @@ def make_models(
     features: Any = None,
     heads_on_features: int | None = None,
     lora: LoraSpec | None = None,
+    d_tx: optax.GradientTransformation | None = None,
 ) -> Models:
     """The modules and optimisers. The heads read the teacher's blocks, or, with `heads_on_features` = the number
     of layers of `features` (a frozen feature network module, ADD's), that network's layers. `lora`: a LoRA
-    student (only adapters train)."""
+    student (only adapters train). `d_tx`: the optimiser of the D phase's params (default: AdamW at d_lr)."""
     if heads_on_features is None:
         heads = disc_config(config, teacher.num_layers)
     else:
@@ -132,7 +139,7 @@ def make_models(
         student=MMDiT(dataclasses.replace(student, **compute_fields(config))),
         disc=Discriminator(heads),
         g_tx=optimizer(config.g_lr, config),
-        d_tx=optimizer(config.d_lr, config),
+        d_tx=d_tx or optimizer(config.d_lr, config),
         vae=vae,
         features=features,
         lora=lora,

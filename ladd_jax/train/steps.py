@@ -142,6 +142,18 @@ class Game:
         return self.config.adv_weight > 0
 
     @property
+    def trains_second_network(self) -> bool:
+        """Whether the step's D phase runs: the heads when they play, or a game's own second network in their
+        place (DMD's fake score, train/dmd.py)."""
+        return self.adversarial
+
+    @property
+    def d_updates(self) -> int:
+        """The D phase's updates a step: d_steps, or none when the heads are frozen (disc.train=False: the
+        control, whose heads are then only measured)."""
+        return self.config.d_steps if self.config.disc.train else 0
+
+    @property
     def inputs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(x0, context, pooled)."""
         return tuple(self.batch[k] for k in BATCH_FIELDS)
@@ -214,6 +226,7 @@ class Game:
             logits_real=jnp.mean(jnp.stack([jnp.mean(x) for x in real_logits])),
             logits_fake=jnp.mean(jnp.stack([jnp.mean(x) for x in fake_logits])),
         )
+        aux["logit_gap"] = aux["logits_real"] - aux["logits_fake"]
         loss = loss_real + loss_fake
         if config.r1_gamma:
             aux["r1"] = r1_penalty(lambda f: self.heads(disc_params, f), feats["real"])
@@ -281,21 +294,21 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         # and their vjps carry the G step's gradient back to the student's params (which do not change in between).
         x0_hat, pull_back, fake, fake_pull_back = play.student_pass(state.student)
 
-        # ---------------------------------------------------------------- D step(s): heads only, teacher constant
+        # ---------------------------------------- D step(s): heads (or DMD's fake score) only, teacher constant
         disc, d_opt = state.disc, on_device(state.d_opt)  # on_device: config.offload may keep it in host memory
         d_metrics = {}
-        if play.adversarial:
+        if play.trains_second_network:
             d_objective = functools.partial(play.d_objective, feats=play.d_features(fake))
-            if not config.disc.train:  # the control: heads frozen at their initialisation, only measured
+            if not play.d_updates:  # the control: heads frozen at their initialisation, only measured
                 d_total, d_aux = d_objective(disc)
             # Unrolled on purpose: a lax.scan over the updates compiled the toy step in 39 s instead of 57 (XLA:CPU,
             # optimisation level 1), but its loop ran each step 5-7x slower (7-9 s against 1.2-1.6 s).
-            for _ in range(config.d_steps if config.disc.train else 0):
+            for _ in range(play.d_updates):
                 (d_total, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(disc)
                 updates, d_opt = models.d_tx.update(d_grads, d_opt, disc)
                 disc = optax.apply_updates(disc, updates)
                 d_metrics["d_grad_norm"] = optax.tree.norm(d_grads)
-            d_metrics.update(d_loss=d_total, logit_gap=d_aux["logits_real"] - d_aux["logits_fake"], **d_aux)
+            d_metrics.update(d_loss=d_total, **d_aux)
 
         # ---------------------------------------------------------------- G step: student only, through the teacher
         student, g_opt, g_metrics = state.student, state.g_opt, {}
