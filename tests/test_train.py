@@ -21,11 +21,12 @@ from ladd_jax.config_files import load_config_file
 from ladd_jax.data.loader import Loader
 from ladd_jax.errors import LaddError
 from ladd_jax.models.mmdit import abstract_params
-from ladd_jax.train import sharding
+from ladd_jax.train import methods, sharding
 from ladd_jax.train.checkpoint import read_meta, restore_params
 from ladd_jax.train.export import student_config
 from ladd_jax.train.loop import build, compile_step, make_loader, train_and_evaluate
 from ladd_jax.train.runner import CompiledSteps
+from ladd_jax.train.state import optimizer
 from ladd_jax.train.writer import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,6 +188,21 @@ def test_frozen_heads_control_keeps_its_random_heads_and_moves_the_student(world
     assert all("d_grad_norm" not in r for r in rows)  # no D step was taken
     assert all(r["g_grad_norm"] > 0 for r in rows)  # random output layers: the student gets a gradient
     assert len({round(r["logit_gap"], 6) for r in rows}) > 1  # the logits do depend on the inputs
+
+
+def test_heads_take_their_own_adam_b1():
+    """d_b1 gives the heads momentum while the student keeps b1 = 0: after one gradient and then a zero one, only
+    the heads' optimiser still moves (its first moment remembers the gradient)."""
+    config = load_config_file(ROOT / "configs" / "ladd.py", "tiny")
+    config.b1, config.d_b1, config.lr_warmup_steps = 0.0, 0.9, 1
+    params = {"w": jax.numpy.ones(3)}
+
+    def second_update(tx):
+        _, opt_state = tx.update({"w": jax.numpy.ones(3)}, tx.init(params), params)
+        return tx.update({"w": jax.numpy.zeros(3)}, opt_state, params)[0]["w"]
+
+    assert np.all(np.asarray(second_update(methods.second_network_optimizer(config))) < 0)
+    assert np.all(np.asarray(second_update(optimizer(config.g_lr, config))) == 0)
 
 
 def test_bad_config_errors(world, tmp_path):

@@ -47,7 +47,7 @@ def second_network_optimizer(config: ml_collections.ConfigDict) -> optax.Gradien
     per_part = lambda fn: optax.stateless(lambda updates, params=None: {k: fn(k, v) for k, v in updates.items()})
     return optax.chain(
         per_part(lambda _, u: clip.update(u, clip.init(u))[0]),
-        adamw(learning_rate(1.0, config), config),
+        adamw(learning_rate(1.0, config), config, config.get("d_b1")),
         per_part(lambda k, u: jax.tree.map(lambda x: rates[k] * x, u)),
     )
 

@@ -91,7 +91,7 @@ def second_network_optimizer(config: ml_collections.ConfigDict) -> optax.Gradien
         from ladd_jax.train.dmd import second_network_optimizer as dmd_optimizer
 
         return dmd_optimizer(config)
-    return optimizer(config.d_lr, config)
+    return optimizer(config.d_lr, config, config.get("d_b1"))
 
 
 def batch_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -62,13 +62,16 @@ class Models:
         return self.student.apply({"params": self.student_params(trainable, frozen)}, *inputs)
 
 
-def optimizer(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW after global-norm clipping, at `learning_rate(lr, config)`."""
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw(learning_rate(lr, config), config))
+def optimizer(lr: float, config: ml_collections.ConfigDict, b1: float | None = None) -> optax.GradientTransformation:
+    """AdamW after global-norm clipping, at `learning_rate(lr, config)`; `b1` replaces config.b1."""
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw(learning_rate(lr, config), config, b1))
 
 
-def adamw(schedule: optax.Schedule, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+def adamw(
+    schedule: optax.Schedule, config: ml_collections.ConfigDict, b1: float | None = None
+) -> optax.GradientTransformation:
+    b1 = config.b1 if b1 is None else b1
+    return optax.adamw(schedule, b1=b1, b2=config.b2, weight_decay=config.weight_decay)
 
 
 def learning_rate(lr: float, config: ml_collections.ConfigDict) -> optax.Schedule:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Two levers at the demo's 150 LADD steps (ladd_jax/toy/assets/alignment/README.md, "Adam's b1, and DMD within the
+# demo's minutes"): Adam's first moment for the student and the heads (b1, d_b1), and DMD with LADD's heads beside
+# it made cheap enough for the demo (2 fake-score updates a step), on the demo's 512 synthetic latents; then
+# `ladd-jax evaluate` on the demo's prompts and noise. On 2 CPU cores: about 25 minutes of training, 10 of evaluation.
+#
+#   bash launch/toy_b1_and_dmd.sh            # OUT=runs/b1_and_dmd
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/b1_and_dmd}
+sweep() { python launch/toy_ladd_sweep.py --out "$OUT" "$@"; }
+sweep --steps 150 --eval-every 25 --run toy= --run b1_09=b1=0.9 --run b1_05=b1=0.5 \
+  --run 'dmdh_d2@dmd:toy=adv_weight=0.1,d_steps=2' --run g09=b1=0.9,d_b1=0.0 --run g05=b1=0.5,d_b1=0.0 \
+  --run 'dmdh_a03_d2@dmd:toy=adv_weight=0.3,d_steps=2'
+sweep --steps 300 --eval-every 50 --run 'dmdh_d2_300@dmd:toy=adv_weight=0.1,d_steps=2'
+students=()
+for run in toy b1_09 b1_05 g09 g05 dmdh_d2 dmdh_a03_d2 dmdh_d2_300; do
+  students+=(--student "$run=$OUT/$run/student")
+done
+ladd-jax evaluate --out "$OUT/compare" "${students[@]}"
+# LADD (the toy config) beside the three mixes, at 1 and 4 steps (columns of the evaluation's grids).
+python launch/toy_grid_columns.py "$OUT/compare" "$OUT/grid.png" --total 30 --columns 0 1 6 8 21 23 24 26 27 29
