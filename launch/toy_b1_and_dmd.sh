@@ -2,7 +2,8 @@
 # Two levers at the demo's 150 LADD steps (ladd_jax/toy/assets/alignment/README.md, "Adam's b1, and DMD within the
 # demo's minutes"): Adam's first moment for the student and the heads (b1, d_b1), and DMD with LADD's heads beside
 # it made cheap enough for the demo (2 fake-score updates a step), on the demo's 512 synthetic latents; then
-# `ladd-jax evaluate` on the demo's prompts and noise. On 2 CPU cores: about 25 minutes of training, 10 of evaluation.
+# `ladd-jax evaluate` on the demo's prompts and noise; then LADD from two of the mixes. On 2 CPU cores: about 30
+# minutes of training, 10 of evaluation.
 #
 #   bash launch/toy_b1_and_dmd.sh            # OUT=runs/b1_and_dmd
 set -euo pipefail
@@ -20,3 +21,8 @@ done
 ladd-jax evaluate --out "$OUT/compare" "${students[@]}"
 # LADD (the toy config) beside the three mixes, at 1 and 4 steps (columns of the evaluation's grids).
 python launch/toy_grid_columns.py "$OUT/compare" "$OUT/grid.png" --total 30 --columns 0 1 6 8 21 23 24 26 27 29
+# The toy config's 150 LADD steps from two of the mixes (a DMD start before LADD), measured on their own.
+sweep --steps 150 --eval-every 25 --run "ladd_from_dmdh_d2=student.init=$OUT/dmdh_d2/student" \
+  --run "ladd_from_dmdh_d2_300=student.init=$OUT/dmdh_d2_300/student"
+ladd-jax evaluate --out "$OUT/compare_start" --student "ladd_from_dmdh_d2=$OUT/ladd_from_dmdh_d2/student" \
+  --student "ladd_from_dmdh_d2_300=$OUT/ladd_from_dmdh_d2_300/student"
