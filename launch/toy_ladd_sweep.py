@@ -11,9 +11,10 @@ every EVAL_EVERY steps, beside D accuracy and the logit gap. Each run's EMA stud
 Each --run is NAME[@FILE:VARIANT]=KEY=VALUE,KEY=VALUE: configs/FILE.py:VARIANT (default ladd:toy), values Python
 literals (tuples too: student.layers=(0,0,1,1,2,2,3)), nested keys with dots. The synthetic data (--synth-prompts
 train-split prompts, 512 as in the demo, with the demo's sampling settings) is made once in OUT/synth. Prints one
-JSON line per run and writes OUT/sweep.json and OUT/curves.png (every run's curves). Re-running the same command
-resumes it: the runs that finished (in sweep.json, their student exported) are kept, the others start over; runs of
-earlier commands with the same OUT stay in sweep.json and the curves.
+JSON line per run and writes OUT/sweep.json and OUT/curves.png (every run's curves; `--curves NAME=RUN,RUN` also
+draws a few runs alone, in OUT/curves_NAME.png). Re-running the same command resumes it: the runs that finished (in
+sweep.json, their student exported) are kept, the others start over; runs of earlier commands with the same OUT stay
+in sweep.json and the curves.
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ def main() -> None:
         "misaligned_weight>0,misaligned_source=records); a new OUT, as the data differ",
     )
     ap.add_argument("--run", action="append", required=True)
+    ap.add_argument(
+        "--curves",
+        action="append",
+        default=[],
+        metavar="NAME=RUN,RUN,...",
+        help="also draw these runs of OUT alone, in OUT/curves_NAME.png (curves.png holds every run)",
+    )
     args = ap.parse_args()
     out, demo = Path(args.out), DemoConfig()
     out.mkdir(parents=True, exist_ok=True)
@@ -157,12 +165,23 @@ def main() -> None:
             )
         )
         (out / "sweep.json").write_text(json.dumps(results, indent=1))  # after every run: partial results survive
-        panels = (
-            ("eval/fd_1step", f"student 1-step FD, {args.split}-split prompts of their own draw (lower is better)"),
-            ("eval/alignment_1step", f"student 1-step alignment, {args.split}-split prompts of their own draw"),
-        )
-        runs = {n: out / n for n in results if (out / n).is_dir()}  # a run's folder may have been removed since
-        training_curves(runs, {}, out / "curves.png", eval_panels=panels)
+        draw_curves(out, list(results), out / "curves.png", args.split)
+    for selection in args.curves:
+        name, _, names = selection.partition("=")
+        missing = [n for n in names.split(",") if n not in results]
+        if missing:
+            raise SystemExit(f"--curves {name}: no run {missing} in {out / 'sweep.json'}; name runs of this OUT")
+        draw_curves(out, names.split(","), out / f"curves_{name}.png", args.split)
+
+
+def draw_curves(out: Path, names: list[str], path: Path, split: str) -> Path:
+    """The training curves of runs `names` of OUT (those whose folders still exist) in one picture."""
+    panels = (
+        ("eval/fd_1step", f"student 1-step FD, {split}-split prompts of their own draw (lower is better)"),
+        ("eval/alignment_1step", f"student 1-step alignment, {split}-split prompts of their own draw"),
+    )
+    runs = {n: out / n for n in names if (out / n).is_dir()}  # a run's folder may have been removed since
+    return training_curves(runs, {}, path, eval_panels=panels)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ def training_curves(
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    if len(runs) > 10:  # past the default cycle's 10 colours, lines would share one
+        for ax in axes.flat:
+            ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     panels = (
         (axes[0, 0], "d_acc", "discriminator accuracy (per location, real and fake)"),
         (axes[0, 1], "logit_gap", "logit gap: mean D(real) - mean D(fake)"),
