@@ -93,6 +93,16 @@ def main() -> None:
     args = ap.parse_args()
     out, demo = Path(args.out), DemoConfig()
     out.mkdir(parents=True, exist_ok=True)
+    # Re-running the same command resumes it: runs already in sweep.json with an exported student are kept. Runs of
+    # earlier commands in OUT stay in sweep.json (and the curves): a new --run adds to a folder, it erases nothing.
+    done = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
+    results = dict(done)
+    # --curves selections, checked first: a misspelt name ends the command here, not after the synthesis and training.
+    selections = {name: names.split(",") for name, _, names in (c.partition("=") for c in args.curves)}
+    known = set(done) | {parse_run(text)[0] for text in args.run}
+    for name, names in selections.items():
+        if missing := [n for n in names if n not in known]:
+            raise SystemExit(f"--curves {name}: {missing} are not runs of {out} nor of this command; name those")
     teacher = SD3Pipeline.from_pretrained(args.teacher)
     world, evaluator = read_toy_world(args.teacher), load_evaluator(demo.evaluator)
     if args.mismatch:  # the same prompts (and so the same latents), each with its mismatched caption
@@ -126,10 +136,6 @@ def main() -> None:
 
         return probe
 
-    # Re-running the same command resumes it: runs already in sweep.json with an exported student are kept. Runs of
-    # earlier commands in OUT stay in sweep.json (and the curves): a new --run adds to a folder, it erases nothing.
-    done = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
-    results = dict(done)
     for text in args.run:
         name, spec, overrides = parse_run(text)
         if name in done and (out / name / "student").is_dir():
@@ -166,12 +172,8 @@ def main() -> None:
         )
         (out / "sweep.json").write_text(json.dumps(results, indent=1))  # after every run: partial results survive
         draw_curves(out, list(results), out / "curves.png", args.split)
-    for selection in args.curves:
-        name, _, names = selection.partition("=")
-        missing = [n for n in names.split(",") if n not in results]
-        if missing:
-            raise SystemExit(f"--curves {name}: no run {missing} in {out / 'sweep.json'}; name runs of this OUT")
-        draw_curves(out, names.split(","), out / f"curves_{name}.png", args.split)
+    for name, names in selections.items():
+        draw_curves(out, names, out / f"curves_{name}.png", args.split)
 
 
 def draw_curves(out: Path, names: list[str], path: Path, split: str) -> Path:
