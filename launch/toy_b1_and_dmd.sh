@@ -2,8 +2,8 @@
 # Two levers at the demo's 150 LADD steps (ladd_jax/toy/assets/alignment/README.md, "Adam's b1, and DMD within the
 # demo's minutes"): Adam's first moment for the student and the heads (b1, d_b1), and DMD with LADD's heads beside
 # it made cheap enough for the demo (2 fake-score updates a step), on the demo's 512 synthetic latents; then
-# `ladd-jax evaluate` on the demo's prompts and noise; then LADD from two of the mixes, and one of those routes again
-# at seed 1. On 2 CPU cores: about 40 minutes of training, 15 of evaluation.
+# `ladd-jax evaluate` on the demo's prompts and noise; then LADD from two of the mixes, one of those routes again
+# at seed 1, and a shorter route at two seeds. On 2 CPU cores: about 55 minutes of training, 20 of evaluation.
 #
 #   bash launch/toy_b1_and_dmd.sh            # OUT=runs/b1_and_dmd
 set -euo pipefail
@@ -34,3 +34,11 @@ sweep --steps 150 --eval-every 25 --run "ladd_from_dmdh_d2_300_s1=student.init=$
   --run toy_s1=seed=1 --curves b1=toy,b1_05,g05,b1_09,g09 --curves "dmd=$dmd_runs"
 ladd-jax evaluate --out "$OUT/compare_s1" --student "dmdh_d2_300_s1=$OUT/dmdh_d2_300_s1/student" \
   --student "ladd_from_dmdh_d2_300_s1=$OUT/ladd_from_dmdh_d2_300_s1/student" --student "toy_s1=$OUT/toy_s1/student"
+# A route sized for the demo's minutes: 200 mix steps, then 100 LADD steps, at seeds 0 and 1.
+sweep --steps 200 --eval-every 50 --run 'dmdh_d2_200@dmd:toy=adv_weight=0.1,d_steps=2' \
+  --run 'dmdh_d2_200_s1@dmd:toy=adv_weight=0.1,d_steps=2,seed=1'
+sweep --steps 100 --eval-every 25 --run "ladd100_from_dmdh_d2_200=student.init=$OUT/dmdh_d2_200/student" \
+  --run "ladd100_from_dmdh_d2_200_s1=student.init=$OUT/dmdh_d2_200_s1/student,seed=1"
+ladd-jax evaluate --out "$OUT/compare_short" \
+  --student "ladd100_from_dmdh_d2_200=$OUT/ladd100_from_dmdh_d2_200/student" \
+  --student "ladd100_from_dmdh_d2_200_s1=$OUT/ladd100_from_dmdh_d2_200_s1/student"
