@@ -132,7 +132,7 @@ def make_models(
 ) -> Models:
     """The modules and optimisers. The heads read the teacher's blocks, or, with `heads_on_features` = the number
     of layers of `features` (a frozen feature network module, ADD's), that network's layers. `lora`: a LoRA
-    student (only adapters train). `d_tx`: the optimiser of the D phase's params (default: AdamW at d_lr)."""
+    student (only adapters train). `d_tx`: the optimiser of the D phase's params (default: AdamW at d_lr, b1 d_b1)."""
     if heads_on_features is None:
         heads = disc_config(config, teacher.num_layers)
     else:
@@ -142,7 +142,7 @@ def make_models(
         student=MMDiT(dataclasses.replace(student, **compute_fields(config))),
         disc=Discriminator(heads),
         g_tx=optimizer(config.g_lr, config),
-        d_tx=d_tx or optimizer(config.d_lr, config),
+        d_tx=d_tx or optimizer(config.d_lr, config, config.get("d_b1")),
         vae=vae,
         features=features,
         lora=lora,
