@@ -4,10 +4,12 @@ with the deterministic one (an Euler step of the flow ODE to the next time: re-n
 implies, which is how diffusers samples SD3-Turbo), on the student's timesteps (1, 1 - 1/n, ...) as they are and
 warped by SD3's shift (`student_timesteps(n, shift)`: 4 steps (1, 0.9, 0.75, 0.5) at shift 3).
 
-    python launch/toy_student_schedules.py --student ladd=DEMO/student [--student NAME=DIR ...] --out F.json
+    python launch/toy_student_schedules.py --student ladd=DEMO/student [--student NAME=DIR ...]
+        [--student-cfg 1 2 ...] --out F.json
 
 The demo's evaluation prompts and noise (256 per split, `ladd-jax demo`'s seed 0), the teacher with its CFG, the
-students without; writes F.json (FD, alignment and shape accuracy per row) and prints each row as it is measured.
+students without (as the demo samples them) or at each `--student-cfg` scale; writes F.json (FD, alignment and
+shape accuracy per row) and prints each row as it is measured.
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ def main() -> None:
     ap.add_argument("--student", action="append", required=True, help="NAME=FOLDER (an exported student)")
     ap.add_argument("--teacher", default=str(ASSETS / "teacher"))
     ap.add_argument("--shift", type=float, default=3.0, help="the warped schedule's shift (SD3's: 3)")
+    ap.add_argument(
+        "--student-cfg",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="the students' CFG scales, each its own rows (default 1: none, as LADD students are sampled)",
+    )
     ap.add_argument("--out", required=True, help="a .json file")
     args = ap.parse_args()
     out = Path(args.out)
@@ -53,7 +62,7 @@ def main() -> None:
         ap.error(str(e))
     demo, msl = DemoConfig(), load_ladd_config("toy").max_sequence_length
     models = [("teacher", teacher.transformer_params, demo.cfg)]
-    models += [(name, params, 1.0) for name, params in students.items()]
+    models += [(name, params, guidance) for name, params in students.items() for guidance in args.student_cfg]
     rows = []
     for split, sampler, measure in measured_rows_setup(teacher, world, evaluator, demo, msl):
         plan = [(m, 1, None, SAMPLERS[0]) for m in models]  # one step: the same for every schedule and sampler
