@@ -75,6 +75,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.disc.norm_groups = 8 if small else 32
     c.disc.output_init = "zeros"  # "normal": random output layers (the frozen-heads control needs them)
     c.disc.train = True  # False: no D updates, the heads stay at their initialisation (the control run)
+    # The CFG scale of the features the heads read: f_empty + scale * (f_text - f_empty) per block, real and fake
+    # alike (1: the text-conditioned features, as LADD). Above 1 it amplifies what the prompt changes in the
+    # teacher's features, for heads that judge a sample against its prompt; a teacher pass of twice the batch. In the
+    # toy world 3-5 lifts the 4-step student's alignment by 0.11-0.14 and not the 1-step one's, whose FD it raises
+    # (alignment notes, "Heads on guided features"); so 1 (unconfirmed at SD3 scale).
+    c.disc.feature_cfg = 1.0
+    # The scale for the pairs whose student sample came from t = 1 (the 1-step sampler's); None: feature_cfg.
+    c.disc.feature_cfg_t1 = ml_collections.config_dict.placeholder(float)
     c.t_hat_mean = 1.0
     c.t_hat_std = 1.0
 

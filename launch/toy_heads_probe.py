@@ -101,6 +101,7 @@ def main() -> None:
     from ladd_jax.train.checkpoint import read_meta, restore_params
     from ladd_jax.train.export import student_config
     from ladd_jax.train.state import disc_config
+    from ladd_jax.train.steps import guided_features
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", required=True, help="a toy-world `ladd-jax train` (LADD) workdir")
@@ -144,7 +145,8 @@ def main() -> None:
         )
         for name, p in pictures.items()
     }
-    embeds, _, pooled, _ = pipe.encode_prompt(prompts, max_sequence_length=config.max_sequence_length)
+    embeds, empty, pooled, empty_pooled = pipe.encode_prompt(prompts, max_sequence_length=config.max_sequence_length)
+    frozen = dict(empty_context=empty[0], empty_pooled=empty_pooled[0])  # the negative prompt is the empty one
 
     # The student's 1-step samples of the same prompts (its EMA, as exported): what the heads learnt to call fake.
     student_arch = student_config(meta)
@@ -178,7 +180,8 @@ def main() -> None:
         """Each picture's logit, averaged over its locations and the heads."""
         t = jnp.full((x0.shape[0],), t_hat)
         x = add_noise(x0, eps, t)
-        _, feats = teacher.apply({"params": pipe.transformer_params}, x, t, ctx, pool, feature_layers=layers)
+        feats_of = lambda *a: teacher.apply({"params": pipe.transformer_params}, *a, feature_layers=layers)[1]
+        feats = guided_features(feats_of, frozen, x, t, ctx, pool, config.disc.get("feature_cfg", 1.0))
         out = heads.apply({"params": disc}, feats, t, pool)
         return jnp.mean(jnp.stack([o.mean(axis=(1, 2)) for o in out]), axis=0)
 

@@ -180,6 +180,34 @@ def test_guided_distillation_by_hand(world):
         methods.method(tiny_config(world, "ladd", distill_cfg=0.5))
 
 
+@pytest.mark.parametrize("at_one", [None, 1.0])
+def test_guided_features_by_hand(world, at_one):
+    """Heads reading CFG-guided teacher features (`disc.feature_cfg` 3; `feature_cfg_t1` 1: unguided for the pairs
+    whose student time is 1): the real logits of the first D step by hand, from features f_empty + s (f_text -
+    f_empty) of each block (random output layers, so the logits are not 0); a scale below 1 is refused."""
+    overrides = {"disc.feature_cfg": 3.0, "disc.feature_cfg_t1": at_one, "disc.output_init": "normal"}
+    overrides["student.warmup_steps"] = 0  # t = 1 among the first step's student times
+    c = tiny_config(world, "ladd", **overrides)
+    setup, state, _, metrics, batch, key = one_step(c)
+    x0, ctx, pooled = (np.asarray(batch[k]) for k in ("latent", "context", "pooled"))
+    draws = jax.device_get(step_draws(c, jnp.zeros((), jnp.int32), key, x0.shape))
+    t_hat, col = draws["t_hat"], lambda a: a[:, None, None, None]
+    scale = np.full(len(x0), 3.0) if at_one is None else np.where(draws["t"] >= 1.0, at_one, 3.0)
+    assert len(set(scale)) == (1 if at_one is None else 2)  # both kinds of pair in the batch
+    x = (1 - col(t_hat)) * x0 + col(t_hat) * draws["eps_real"]
+    apply = lambda c_, p_: setup.models.teacher.apply(
+        {"params": setup.frozen["teacher"]}, x, t_hat, c_, p_, feature_layers=setup.models.feature_layers
+    )
+    feats = lambda c_, p_: apply(c_, p_)[1]
+    empty = [np.broadcast_to(setup.frozen[k], a.shape) for k, a in (("empty_context", ctx), ("empty_pooled", pooled))]
+    s = lambda f: scale.reshape((-1,) + (1,) * (f.ndim - 1))
+    guided = [e + s(f) * (f - e) for f, e in zip(feats(ctx, pooled), feats(*empty), strict=True)]
+    logits = setup.models.disc.apply({"params": state.disc}, guided, t_hat, pooled)
+    np.testing.assert_allclose(metrics["logits_real"], np.mean([np.mean(z) for z in logits]), rtol=1e-4, atol=1e-6)
+    with pytest.raises(LaddError, match="feature_cfg"):
+        methods.method(tiny_config(world, "ladd", **{"disc.feature_cfg": 0.5}))
+
+
 def two_steps(config):
     """(setup, state before, after one step, after two, the first step's metrics, its batch, key): the first
     step's rates are 0 (the warm-up), the second's are not."""

@@ -58,6 +58,12 @@ def method(config: ml_collections.ConfigDict) -> str:
         raise LaddError(f"config.misaligned_source={config.misaligned_source!r}: use one of {MISALIGNED_SOURCES}")
     if config.get("distill_cfg", 1.0) < 1.0:
         raise LaddError(f"config.distill_cfg={config.distill_cfg}: a CFG scale is >= 1 (1: the teacher unguided)")
+    for key in ("feature_cfg", "feature_cfg_t1"):
+        if (config.disc.get(key) or 1.0) < 1.0:
+            raise LaddError(
+                f"config.disc.{key}={config.disc[key]}: a CFG scale is >= 1 (1: the heads read the "
+                "text-conditioned features)"
+            )
     if ((uses_heads(config) and config.disc.train) or name == "dmd") and config.get("d_steps", 1) < 1:
         raise LaddError(
             f"config.d_steps={config.d_steps}: heads and DMD's fake score need at least one update a step "
@@ -128,8 +134,12 @@ def frozen_networks(
 
 
 def guides_teacher(config: ml_collections.ConfigDict) -> bool:
-    """Whether the step runs the teacher with CFG: LCM's ODE step, or a guided distillation target."""
-    return method(config) == "lcm" or bool(config.distill_weight and config.get("distill_cfg", 1.0) != 1.0)
+    """Whether the step runs the teacher with CFG: LCM's ODE step, a guided distillation target, or guided features
+    for the heads."""
+    guided_target = bool(config.distill_weight and config.get("distill_cfg", 1.0) != 1.0)
+    scales = (config.disc.get("feature_cfg", 1.0), config.disc.get("feature_cfg_t1"))
+    guided_features = bool(config.adv_weight and any(s not in (None, 1.0) for s in scales))
+    return method(config) == "lcm" or guided_target or guided_features
 
 
 def _method_networks(config: ml_collections.ConfigDict, teacher_folder: Path | None) -> FrozenNetworks:

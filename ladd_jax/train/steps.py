@@ -94,17 +94,43 @@ def step_draws(config: ml_collections.ConfigDict, step: jax.Array, key: jax.Arra
 def guided_velocity(
     teacher: Callable, frozen: Frozen, x: jax.Array, t: jax.Array, ctx: jax.Array, pooled: jax.Array, scale: Any
 ) -> jax.Array:
-    """The teacher's CFG velocity: `teacher(x, t, ctx, pooled)` on the text and on the empty prompt (frozen
-    "empty_context" / "empty_pooled") in one pass of twice the batch, combined with `scale` (scalar or per sample)."""
+    """The teacher's CFG velocity: `teacher(x, t, ctx, pooled)` on the text and on the empty prompt in one pass of
+    twice the batch, combined with `scale` (scalar or per sample)."""
+    v = teacher(*with_empty_prompt(frozen, x, t, ctx, pooled))
+    return cfg_combine(v[: len(x)], v[len(x) :], scale)
+
+
+def guided_features(
+    features: Callable,
+    frozen: Frozen,
+    x: jax.Array,
+    t: jax.Array,
+    ctx: jax.Array,
+    pooled: jax.Array,
+    scale: float | jax.Array,
+) -> tuple[jax.Array, ...]:
+    """The heads' inputs: `features(x, t, ctx, pooled)` (the teacher's block features), or with a CFG scale (a float,
+    or one per sample) f_empty + scale * (f_text - f_empty) per block, text and empty prompt in one pass of twice
+    the batch."""
+    if isinstance(scale, float) and scale == 1.0:
+        return tuple(features(x, t, ctx, pooled))
+    feats = features(*with_empty_prompt(frozen, x, t, ctx, pooled))
+    per_sample = lambda f: jnp.reshape(scale, jnp.shape(scale) + (1,) * (f.ndim - jnp.ndim(scale)))
+    return tuple(cfg_combine(f[: len(x)], f[len(x) :], per_sample(f)) for f in feats)
+
+
+def with_empty_prompt(
+    frozen: Frozen, x: jax.Array, t: jax.Array, ctx: jax.Array, pooled: jax.Array
+) -> tuple[jax.Array, ...]:
+    """A teacher's inputs of twice the batch: (x, t, ctx, pooled) under the text, then under the empty prompt
+    (frozen "empty_context" / "empty_pooled"), for classifier-free guidance in one pass."""
     both = lambda a, empty: jnp.concatenate([a, jnp.broadcast_to(empty, a.shape).astype(a.dtype)])
-    b = x.shape[0]
-    v = teacher(
+    return (
         jnp.concatenate([x, x]),
         jnp.concatenate([t, t]),
         both(ctx, frozen["empty_context"]),
         both(pooled, frozen["empty_pooled"]),
     )
-    return cfg_combine(v[:b], v[b:], scale)
 
 
 def ema_update(ema: Any, params: Any, decay: float) -> Any:
@@ -182,11 +208,16 @@ class Game:
         return constrain_batch(denoise(x_t, v, t), self.mesh)
 
     def features(self, x0_like: jax.Array, eps: jax.Array, c: jax.Array, p: jax.Array) -> tuple[jax.Array, ...]:
-        """The teacher's features of `x0_like` re-noised to t_hat (its params closed over: no gradient to them)."""
-        x = self.with_cond(add_noise(x0_like, eps, self.draws["t_hat"]))
-        _, feats = self.models.teacher.apply(
-            {"params": self.teacher_params}, x, self.draws["t_hat"], c, p, feature_layers=self.models.feature_layers
-        )
+        """The teacher's features of `x0_like` re-noised to t_hat (its params closed over: no gradient to them),
+        guided with CFG scale disc.feature_cfg (disc.feature_cfg_t1 for the pairs whose student time is 1)."""
+        x, t_hat = self.with_cond(add_noise(x0_like, eps, self.draws["t_hat"])), self.draws["t_hat"]
+        feats_of = lambda x, t, c, p: self.models.teacher.apply(
+            {"params": self.teacher_params}, x, t, c, p, feature_layers=self.models.feature_layers
+        )[1]
+        scale, at_one = self.config.disc.get("feature_cfg", 1.0), self.config.disc.get("feature_cfg_t1")
+        if at_one is not None and at_one != scale:  # per sample: the pairs of the student's samples from t = 1 apart
+            scale = jnp.where(self.draws["t"] >= 1.0, at_one, scale)
+        feats = guided_features(feats_of, self.frozen, x, t_hat, c, p, scale)
         return tuple(constrain_batch(f, self.mesh) for f in feats)
 
     def heads(self, disc_params: Any, feats: tuple[jax.Array, ...], p: jax.Array | None = None) -> Logits:
