@@ -180,7 +180,7 @@ def test_guided_distillation_by_hand(world):
         methods.method(tiny_config(world, "ladd", distill_cfg=0.5))
 
 
-@pytest.mark.parametrize("at_one", [None, 1.0])
+@pytest.mark.parametrize("at_one", [1.0, pytest.param(None, marks=pytest.mark.slow)])
 def test_guided_features_by_hand(world, at_one):
     """Heads reading CFG-guided teacher features (`disc.feature_cfg` 3; `feature_cfg_t1` 1: unguided for the pairs
     whose student time is 1): the real logits of the first D step by hand, from features f_empty + s (f_text -
