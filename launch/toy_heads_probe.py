@@ -119,6 +119,12 @@ def main() -> None:
             f"{args.workdir} is not a text-to-image LADD run (method {config.method!r}, conditioned "
             f"{bool(config.get('conditioned'))}); the probe reads LADD's heads on a text-to-image teacher's features"
         )
+    scale, at_one = config.disc.get("feature_cfg", 1.0), config.disc.get("feature_cfg_t1")
+    if at_one is not None and at_one != scale:
+        raise SystemExit(
+            f"{args.workdir}'s heads read features at two CFG scales (disc.feature_cfg={scale}, feature_cfg_t1="
+            f"{at_one}); the probe reads heads at one scale: probe a run without disc.feature_cfg_t1"
+        )
     pipe = SD3Pipeline.from_pretrained(config.teacher)
     world = read_toy_world(config.teacher)
     teacher = MMDiT(pipe.transformer_config)
@@ -181,7 +187,7 @@ def main() -> None:
         t = jnp.full((x0.shape[0],), t_hat)
         x = add_noise(x0, eps, t)
         feats_of = lambda *a: teacher.apply({"params": pipe.transformer_params}, *a, feature_layers=layers)[1]
-        feats = guided_features(feats_of, frozen, x, t, ctx, pool, config.disc.get("feature_cfg", 1.0))
+        feats = guided_features(feats_of, frozen, x, t, ctx, pool, scale)
         out = heads.apply({"params": disc}, feats, t, pool)
         return jnp.mean(jnp.stack([o.mean(axis=(1, 2)) for o in out]), axis=0)
 

@@ -204,8 +204,9 @@ def test_guided_features_by_hand(world, at_one):
     guided = [e + s(f) * (f - e) for f, e in zip(feats(ctx, pooled), feats(*empty), strict=True)]
     logits = setup.models.disc.apply({"params": state.disc}, guided, t_hat, pooled)
     np.testing.assert_allclose(metrics["logits_real"], np.mean([np.mean(z) for z in logits]), rtol=1e-4, atol=1e-6)
-    with pytest.raises(LaddError, match="feature_cfg"):
-        methods.method(tiny_config(world, "ladd", **{"disc.feature_cfg": 0.5}))
+    for key in ("disc.feature_cfg", "disc.feature_cfg_t1"):
+        with pytest.raises(LaddError, match=key):
+            methods.method(tiny_config(world, "ladd", **{key: 0.0}))
 
 
 def two_steps(config):

@@ -59,7 +59,7 @@ def method(config: ml_collections.ConfigDict) -> str:
     if config.get("distill_cfg", 1.0) < 1.0:
         raise LaddError(f"config.distill_cfg={config.distill_cfg}: a CFG scale is >= 1 (1: the teacher unguided)")
     for key in ("feature_cfg", "feature_cfg_t1"):
-        if (config.disc.get(key) or 1.0) < 1.0:
+        if config.disc.get(key) is not None and config.disc[key] < 1.0:
             raise LaddError(
                 f"config.disc.{key}={config.disc[key]}: a CFG scale is >= 1 (1: the heads read the "
                 "text-conditioned features)"
