@@ -207,6 +207,8 @@ def test_guided_features_by_hand(world, at_one):
     for key in ("disc.feature_cfg", "disc.feature_cfg_t1"):
         with pytest.raises(LaddError, match=key):
             methods.method(tiny_config(world, "ladd", **{key: 0.0}))
+        with pytest.raises(LaddError, match="pixel feature network"):  # ADD's heads read no teacher features
+            methods.method(tiny_config(world, "add", **{key: 3.0}))
 
 
 def two_steps(config):

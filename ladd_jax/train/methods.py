@@ -64,6 +64,11 @@ def method(config: ml_collections.ConfigDict) -> str:
                 f"config.disc.{key}={config.disc[key]}: a CFG scale is >= 1 (1: the heads read the "
                 "text-conditioned features)"
             )
+        if name == "add" and config.disc.get(key) not in (None, 1.0):
+            raise LaddError(
+                f"config.disc.{key}={config.disc[key]}: ADD's heads read a pixel feature network, not the teacher, "
+                "so there are no teacher features to guide; leave it at 1 (or train method ladd)"
+            )
     if ((uses_heads(config) and config.disc.train) or name == "dmd") and config.get("d_steps", 1) < 1:
         raise LaddError(
             f"config.d_steps={config.d_steps}: heads and DMD's fake score need at least one update a step "
