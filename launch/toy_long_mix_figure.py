@@ -21,7 +21,10 @@ SPLITS = ("train", "test")
 COLOURS = {"train": "C0", "test": "C1"}
 
 
-def rows_of(path: Path) -> dict:
+def read_metrics(path: Path) -> dict:
+    """An evaluation's metrics.json, or one clear error naming the file."""
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: point at the metrics.json that `ladd-jax evaluate --out` wrote")
     return json.loads(path.read_text())
 
 
@@ -29,7 +32,9 @@ def points(spec: str) -> tuple[str, list[tuple[int, dict]]]:
     """LABEL=EVAL.json:NAME@STEP,NAME@STEP -> (label, [(step, {(steps): row})])."""
     label, _, rest = spec.partition("=")
     path, _, names = rest.rpartition(":")
-    rows = rows_of(Path(path))["rows"]
+    if not (label and path and names):
+        raise SystemExit(f"{spec!r}: write LABEL=EVAL.json:NAME@STEP[,NAME@STEP...]")
+    rows = read_metrics(Path(path))["rows"]
     out = []
     for item in names.split(","):
         name, _, step = item.partition("@")
@@ -43,7 +48,7 @@ def points(spec: str) -> tuple[str, list[tuple[int, dict]]]:
 def bounds(path: Path) -> dict[str, float]:
     """The student targets' bounds per f"{alignment|fd}{steps}_{split}" (the 1-step FD one against the teacher's
     full-step FD), from an evaluation's teacher rows; the student rows are placeholders that `check_targets` needs."""
-    metrics = rows_of(path)
+    metrics = read_metrics(path)
     teacher = [r for r in metrics["rows"] if r["model"] == "teacher"]
     placeholders = [dict(teacher[0], model="student", steps=s, cfg=1.0) for s in (1, 4)]
     out = {}
@@ -73,7 +78,7 @@ def main() -> None:
     ladd = None
     if args.ladd:
         path, _, name = args.ladd.rpartition(":")
-        ladd = {r["steps"]: r for r in rows_of(Path(path))["rows"] if r["model"] == name}
+        ladd = {r["steps"]: r for r in read_metrics(Path(path))["rows"] if r["model"] == name}
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     markers = "os^D"
