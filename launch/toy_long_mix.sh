@@ -6,7 +6,7 @@
 # step-2400 checkpoint to 4800 (the trainer's exact resume); the 2400-step mix again at seed 1; `ladd-jax evaluate`
 # on the demo's prompts and noise after each, and a figure against the demo's targets. Asks whether the student
 # targets are a matter of compute in this world.
-# On 2 CPU cores: about 130 minutes of training, 10 of evaluation.
+# On 2 CPU cores: about 175 minutes of training, 15 of evaluation.
 #
 #   bash launch/toy_long_mix.sh            # OUT=runs/long_mix
 set -euo pipefail
@@ -39,9 +39,21 @@ python launch/toy_grid_columns.py "$OUT/compare4800" "$OUT/grid.png" --total 18 
 # The 2400-step mix again at seed 1 (the heads', fake score's and student's draws, the data's order).
 sweep --steps 2400 --eval-every 200 --run "mix2400_s1@dmd:toy=$mix,seed=1" --curves "long=mix4800,mix2400_s1"
 ladd-jax evaluate --out "$OUT/compare_s1" --student "mix2400_s1=$OUT/mix2400_s1/student"
+# Seed 1 on to step 4800 as seed 0 (a copy of its workdir, resumed): are the 3600- and 4800-step rows one seed's luck?
+if [ ! -d "$OUT/mix4800_s1" ]; then
+  mkdir "$OUT/mix4800_s1" && cp -r "$OUT/mix2400_s1/checkpoints" "$OUT/mix2400_s1/metrics.jsonl" "$OUT/mix4800_s1/"
+fi
+sweep --steps 4800 --eval-every 200 --run "mix4800_s1@dmd:toy=$mix,seed=1"
+for step in 3000 3600 4200; do
+  ladd-jax export --workdir "$OUT/mix4800_s1" --out "$OUT/mix4800_s1_at$step" --ema --step "$step" --overwrite
+done
+ladd-jax evaluate --out "$OUT/compare4800_s1" --student "mix3000_s1=$OUT/mix4800_s1_at3000" \
+  --student "mix3600_s1=$OUT/mix4800_s1_at3600" --student "mix4200_s1=$OUT/mix4800_s1_at4200" \
+  --student "mix4800_s1=$OUT/mix4800_s1/student"
 python launch/toy_long_mix_figure.py --out "$OUT/figure.png" \
   --series "mix, steps 600-2400=$OUT/compare/metrics.json:mix600@600,mix1200@1200,mix1800@1800,mix2400@2400" \
   --series "mix, resumed to 4800=$OUT/compare4800/metrics.json:mix3000@3000,mix3600@3600,mix4200@4200,mix4800@4800" \
+  --series "seed 1, resumed to 4800=$OUT/compare4800_s1/metrics.json:mix3000_s1@3000,mix3600_s1@3600,mix4200_s1@4200,mix4800_s1@4800" \
   --star "mix, then 150 LADD steps=$OUT/compare/metrics.json:ladd_from_mix2400@2550" \
   --star "mix at seed 1=$OUT/compare_s1/metrics.json:mix2400_s1@2400" \
   --ladd ladd_jax/toy/assets/alignment/b1_and_dmd_evaluate_metrics.json:toy

@@ -1,7 +1,8 @@
 """Long runs of `launch/toy_long_mix.sh` against the demo's student targets: each run's students' 1- and 4-step
 alignment and FD (`ladd-jax evaluate` rows, train and test prompts) over its steps, single students (LADD's steps
 after a run) as stars, the demo's LADD student as a dashed line, and the targets' bounds (`toy.report.check_targets`,
-from the first evaluation's teacher rows) as dotted lines.
+from the first evaluation's teacher rows) as dotted lines. Each student's x (after "@") is its training step, or any
+other measure of its training (`--xlabel` names it: CPU minutes, to compare runs whose steps cost differently).
 
     python launch/toy_long_mix_figure.py --out OUT/figure.png \
         --series 'mix=OUT/compare/metrics.json:mix600@600,mix1200@1200,mix2400@2400' \
@@ -28,20 +29,23 @@ def read_metrics(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def points(spec: str) -> tuple[str, list[tuple[int, dict]]]:
-    """LABEL=EVAL.json:NAME@STEP,NAME@STEP -> (label, [(step, {(steps): row})])."""
+def points(spec: str) -> tuple[str, list[tuple[float, dict]]]:
+    """LABEL=EVAL.json:NAME@X,NAME@X -> (label, [(x, {(steps): row})])."""
     label, _, rest = spec.partition("=")
     path, _, names = rest.rpartition(":")
     if not (label and path and names):
-        raise SystemExit(f"{spec!r}: write LABEL=EVAL.json:NAME@STEP[,NAME@STEP...]")
+        raise SystemExit(f"{spec!r}: write LABEL=EVAL.json:NAME@X[,NAME@X...]")
     rows = read_metrics(Path(path))["rows"]
     out = []
     for item in names.split(","):
-        name, _, step = item.partition("@")
+        name, _, x = item.partition("@")
         found = {r["steps"]: r for r in rows if r["model"] == name}
         if not found:
             raise SystemExit(f"{path} has no rows of {name!r}: name a student its `ladd-jax evaluate` measured")
-        out.append((int(step), found))
+        try:
+            out.append((float(x), found))
+        except ValueError:
+            raise SystemExit(f"{spec!r}: {item!r} needs its x after '@', a number (its step)") from None
     return label, sorted(out, key=lambda p: p[0])
 
 
@@ -66,9 +70,12 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--series", action="append", required=True, help="LABEL=EVAL.json:NAME@STEP,NAME@STEP,...")
-    ap.add_argument("--star", action="append", default=[], help="LABEL=EVAL.json:NAME@STEP, a single student")
+    ap.add_argument(
+        "--series", action="append", required=True, help="LABEL=EVAL.json:NAME@X,NAME@X,... (X: its step, or --xlabel)"
+    )
+    ap.add_argument("--star", action="append", default=[], help="LABEL=EVAL.json:NAME@X, a single student")
     ap.add_argument("--ladd", help="EVAL.json:NAME, the demo's LADD student (a reference line)")
+    ap.add_argument("--xlabel", default="training steps", help="what the numbers after '@' measure")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
@@ -81,13 +88,14 @@ def main() -> None:
         ladd = {r["steps"]: r for r in read_metrics(Path(path))["rows"] if r["model"] == name}
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
-    markers = "os^D"
+    markers = "os^Dvp"
     for col, what in enumerate(("alignment", "fd")):
         for row, n in enumerate((1, 4)):
             ax = axes[row, col]
             for split in SPLITS:
                 key, c = f"{what}_{split}", COLOURS[split]
-                for (label, pts), m, ls in zip(series, markers, ("-", "--", "-.", ":"), strict=False):
+                for i, (label, pts) in enumerate(series):
+                    m, ls = markers[i % len(markers)], ("-", "--", "-.", ":")[i % 4]
                     ax.plot(
                         [s for s, _ in pts],
                         [r[n][key] for _, r in pts],
@@ -96,7 +104,8 @@ def main() -> None:
                         color=c,
                         label=f"{label}, {split}",
                     )
-                for (label, pts), m in zip(stars, "*P", strict=False):
+                for i, (label, pts) in enumerate(stars):
+                    m = "*PX"[i % 3]
                     ax.plot(
                         [s for s, _ in pts], [r[n][key] for _, r in pts], m, ms=13, color=c, label=f"{label}, {split}"
                     )
@@ -106,7 +115,7 @@ def main() -> None:
             better = "higher" if what == "alignment" else "lower"
             ax.set_title(f"{n}-step student: {'alignment' if what == 'alignment' else 'FD'} ({better} is better)")
             if row == 1:
-                ax.set_xlabel("training steps")
+                ax.set_xlabel(args.xlabel)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
     fig.tight_layout(rect=(0, 0.035 * -(-len(labels) // 4), 1, 1))  # room for the legend's rows
