@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# How far the DMD + LADD-heads mix goes with more steps (ladd_jax/toy/assets/alignment/README.md, "The mix at four
-# and eight times the steps"): the mix of "Distribution matching (DMD)" (`dmd_ladd_a01`: DMD2's 5 fake-score updates
-# a step, LADD's heads at weight 0.1) for 2400 steps instead of 600, on the demo's 512 synthetic latents, its students
+# How far the DMD + LADD-heads mix goes with more steps (ladd_jax/toy/assets/alignment/README.md, "The mix at four and
+# eight times the steps"): the mix of "Distribution matching (DMD)" (`dmd_ladd_a01`: DMD2's 5 fake-score updates a
+# step, LADD's heads at weight 0.1) for 2400 steps instead of 600, on the demo's 512 synthetic latents, its students
 # at steps 600, 1200, 1800 and 2400 exported; the toy config's 150 LADD steps from the last; the mix resumed from its
-# step-2400 checkpoint to 4800 (the trainer's exact resume); the mix again at seed 1, also to 4800; `ladd-jax evaluate`
-# on the demo's prompts and noise after each, and a figure against the demo's targets. Asks whether the student
-# targets are a matter of compute in this world.
+# step-2400 checkpoint to 4800 (the trainer's exact resume); the mix again at seed 1, also to 4800; `ladd-jax
+# evaluate` on the demo's prompts and noise after each, and a figure against the demo's targets. Asks whether the
+# student targets are a matter of compute in this world.
 # On 2 CPU cores: about 175 minutes of training, 15 of evaluation.
 #
 #   bash launch/toy_long_mix.sh            # OUT=runs/long_mix
