@@ -23,33 +23,28 @@ sweep --steps 150 --eval-every 25 --run "ladd_from_mix2400=student.init=$OUT/mix
 ladd-jax evaluate --out "$OUT/compare" --student "mix600=$OUT/mix2400_at600" --student "mix1200=$OUT/mix2400_at1200" \
   --student "mix1800=$OUT/mix2400_at1800" --student "mix2400=$OUT/mix2400/student" \
   --student "ladd_from_mix2400=$OUT/ladd_from_mix2400/student"
-# The same run on to step 4800: a copy of its workdir (checkpoints and metrics), which the trainer resumes.
-if [ ! -d "$OUT/mix4800" ]; then
-  mkdir "$OUT/mix4800" && cp -r "$OUT/mix2400/checkpoints" "$OUT/mix2400/metrics.jsonl" "$OUT/mix4800/"
-fi
-sweep --steps 4800 --eval-every 200 --run "mix4800@dmd:toy=$mix"
-for step in 3000 3600 4200; do
-  ladd-jax export --workdir "$OUT/mix4800" --out "$OUT/mix4800_at$step" --ema --step "$step" --overwrite
-done
-ladd-jax evaluate --out "$OUT/compare4800" --student "mix3000=$OUT/mix4800_at3000" \
-  --student "mix3600=$OUT/mix4800_at3600" --student "mix4200=$OUT/mix4800_at4200" \
-  --student "mix4800=$OUT/mix4800/student"
+# A 2400-step run (suffix $1: "" or "_s1", overrides $2) on to step 4800: a copy of its workdir (checkpoints and
+# metrics), which the trainer resumes; its EMA students of steps 3000, 3600, 4200 and 4800 measured.
+resume_to_4800() {
+  local s=$1 from="$OUT/mix2400$1" to="$OUT/mix4800$1"
+  if [ ! -d "$to" ]; then
+    mkdir "$to" && cp -r "$from/checkpoints" "$from/metrics.jsonl" "$to/"
+  fi
+  sweep --steps 4800 --eval-every 200 --run "mix4800$s@dmd:toy=$2"
+  for step in 3000 3600 4200; do
+    ladd-jax export --workdir "$to" --out "${to}_at$step" --ema --step "$step" --overwrite
+  done
+  ladd-jax evaluate --out "$OUT/compare4800$s" --student "mix3000$s=${to}_at3000" \
+    --student "mix3600$s=${to}_at3600" --student "mix4200$s=${to}_at4200" --student "mix4800$s=$to/student"
+}
+resume_to_4800 "" "$mix"
 # Real render, the teacher's 20 steps and 1 step, the students of steps 3600 (1, 4 steps) and 4800 (1, 2, 4 steps).
 python launch/toy_grid_columns.py "$OUT/compare4800" "$OUT/grid.png" --total 18 --columns 0 1 5 9 11 15 16 17
 # The 2400-step mix again at seed 1 (the heads', fake score's and student's draws, the data's order).
 sweep --steps 2400 --eval-every 200 --run "mix2400_s1@dmd:toy=$mix,seed=1" --curves "long=mix4800,mix2400_s1"
 ladd-jax evaluate --out "$OUT/compare_s1" --student "mix2400_s1=$OUT/mix2400_s1/student"
-# Seed 1 on to step 4800 as seed 0 (a copy of its workdir, resumed): are the 3600- and 4800-step rows one seed's luck?
-if [ ! -d "$OUT/mix4800_s1" ]; then
-  mkdir "$OUT/mix4800_s1" && cp -r "$OUT/mix2400_s1/checkpoints" "$OUT/mix2400_s1/metrics.jsonl" "$OUT/mix4800_s1/"
-fi
-sweep --steps 4800 --eval-every 200 --run "mix4800_s1@dmd:toy=$mix,seed=1"
-for step in 3000 3600 4200; do
-  ladd-jax export --workdir "$OUT/mix4800_s1" --out "$OUT/mix4800_s1_at$step" --ema --step "$step" --overwrite
-done
-ladd-jax evaluate --out "$OUT/compare4800_s1" --student "mix3000_s1=$OUT/mix4800_s1_at3000" \
-  --student "mix3600_s1=$OUT/mix4800_s1_at3600" --student "mix4200_s1=$OUT/mix4800_s1_at4200" \
-  --student "mix4800_s1=$OUT/mix4800_s1/student"
+# Seed 1 on to step 4800 as seed 0: are the 3600- and 4800-step rows one seed's luck?
+resume_to_4800 _s1 "$mix,seed=1"
 python launch/toy_long_mix_figure.py --out "$OUT/figure.png" \
   --series "mix, steps 600-2400=$OUT/compare/metrics.json:mix600@600,mix1200@1200,mix1800@1800,mix2400@2400" \
   --series "mix, resumed to 4800=$OUT/compare4800/metrics.json:mix3000@3000,mix3600@3600,mix4200@4200,mix4800@4800" \
