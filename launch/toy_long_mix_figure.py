@@ -20,6 +20,8 @@ from ladd_jax.toy.report import check_targets
 
 SPLITS = ("train", "test")
 COLOURS = {"train": "C0", "test": "C1"}
+# Line styles of the series: never ":", which marks the bounds (the fourth is dash-dot-dot).
+SERIES_STYLES = ("-", "--", "-.", (0, (6, 2, 1, 2, 1, 2)))
 
 
 def read_metrics(path: Path) -> dict:
@@ -95,7 +97,7 @@ def main() -> None:
             for split in SPLITS:
                 key, c = f"{what}_{split}", COLOURS[split]
                 for i, (label, pts) in enumerate(series):
-                    m, ls = markers[i % len(markers)], ("-", "--", "-.", ":")[i % 4]
+                    m, ls = markers[i % len(markers)], SERIES_STYLES[i % len(SERIES_STYLES)]
                     ax.plot(
                         [s for s, _ in pts],
                         [r[n][key] for _, r in pts],
