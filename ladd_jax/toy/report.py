@@ -31,10 +31,18 @@ def row_label(row: dict) -> str:
 # ------------------------------------------------------------------------------------------------------ curves
 
 
+# A panel whose values (references included) span more than this factor is drawn on a log scale: FD falls from
+# thousands to about the teacher's, and on a linear axis its last stretch and the reference lines merge.
+LOG_SCALE_SPAN = 10.0
 EVAL_PANELS = (
     ("eval/fd_1step", "student 1-step FD, held-out prompts (lower is better)"),
     ("eval/alignment_1step", "student 1-step alignment, held-out prompts"),
 )
+
+
+def spans_decades(values: Sequence[float]) -> bool:
+    """Whether a panel with these values is drawn on a log scale: all positive, spanning more than LOG_SCALE_SPAN."""
+    return bool(values) and min(values) > 0 and max(values) > LOG_SCALE_SPAN * min(values)
 
 
 def training_curves(
@@ -46,11 +54,12 @@ def training_curves(
     """2x2 panels over training steps for each run (e.g. LADD and the frozen-heads control): discriminator
     accuracy, the logit gap real - fake, and two `eval/` metrics (key, title) of the student, by default its
     1-step FD and alignment on held-out prompts; `references` maps a metric to labelled horizontal lines
-    (teacher, real renders)."""
+    (teacher, real renders), each labelled with its value. A panel spanning decades (FD) is drawn on a log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     if len(runs) > 10:  # past the default cycle's 10 colours, lines would share one
@@ -63,13 +72,21 @@ def training_curves(
         (axes[1, 1], *eval_panels[1]),
     )
     for ax, key, title in panels:
+        values = [value for _, value in references.get(key, [])]
         for name, workdir in runs.items():
             rows = [r for r in read_metrics(workdir) if key in r]
             marker = "." if key.startswith("eval/") else None
             ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=marker, label=name)
+            values += [r[key] for r in rows]
+        if spans_decades(values):
+            ax.set_yscale("log")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 200, not 2 x 10^2
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+            ax.yaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2, 3, 5)))
         for label, value in references.get(key, []):
             ax.axhline(value, ls="--", lw=1, color="gray")
-            ax.annotate(label, (0, value), fontsize=7, color="gray", va="bottom")
+            ax.annotate(f"{label} ({value:.3g})", (0, value), fontsize=7, color="gray", va="bottom")
         if key == "d_acc":
             ax.axhline(0.5, ls=":", lw=1, color="gray")
         ax.set_title(title, fontsize=9)
