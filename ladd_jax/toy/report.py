@@ -31,18 +31,13 @@ def row_label(row: dict) -> str:
 # ------------------------------------------------------------------------------------------------------ curves
 
 
-# A panel whose values (references included) span more than this factor is drawn on a log scale: FD falls from
-# thousands to about the teacher's, and on a linear axis its last stretch and the reference lines merge.
-LOG_SCALE_SPAN = 10.0
+# Panels drawn on a log scale: FD falls from thousands (the teacher's 1-step blur; the control's run climbs past
+# 3000) to about the teacher's, where on a linear axis its last stretch and the reference lines merge.
+LOG_SCALE_KEYS = ("eval/fd_1step",)
 EVAL_PANELS = (
     ("eval/fd_1step", "student 1-step FD, held-out prompts (lower is better)"),
     ("eval/alignment_1step", "student 1-step alignment, held-out prompts"),
 )
-
-
-def spans_decades(values: Sequence[float]) -> bool:
-    """Whether a panel with these values is drawn on a log scale: all positive, spanning more than LOG_SCALE_SPAN."""
-    return bool(values) and min(values) > 0 and max(values) > LOG_SCALE_SPAN * min(values)
 
 
 def training_curves(
@@ -54,7 +49,7 @@ def training_curves(
     """2x2 panels over training steps for each run (e.g. LADD and the frozen-heads control): discriminator
     accuracy, the logit gap real - fake, and two `eval/` metrics (key, title) of the student, by default its
     1-step FD and alignment on held-out prompts; `references` maps a metric to labelled horizontal lines
-    (teacher, real renders), each labelled with its value. A panel spanning decades (FD) is drawn on a log scale."""
+    (teacher, real renders), each labelled with its value. The panels of LOG_SCALE_KEYS have a log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,13 +67,11 @@ def training_curves(
         (axes[1, 1], *eval_panels[1]),
     )
     for ax, key, title in panels:
-        values = [value for _, value in references.get(key, [])]
         for name, workdir in runs.items():
             rows = [r for r in read_metrics(workdir) if key in r]
             marker = "." if key.startswith("eval/") else None
             ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=marker, label=name)
-            values += [r[key] for r in rows]
-        if spans_decades(values):
+        if key in LOG_SCALE_KEYS:
             ax.set_yscale("log")
             plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 200, not 2 x 10^2
             ax.yaxis.set_major_formatter(plain)
