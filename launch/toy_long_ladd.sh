@@ -70,6 +70,8 @@ for run in s0/ladd4800: s1/ladd4800_s1:_s1; do  # FOLDER:SUFFIX
   students+=(--student "ladd3600$s=$OUT/ladd_at3600$s" --student "ladd4800$s=$workdir/student")
 done
 ladd-jax evaluate --out "$OUT/compare4800" "${students[@]}"
+# Real render, the teacher's 20 steps, seed 0's student at steps 150, 2400 and 4800 (1 step), and at 4800 (4 steps).
+python launch/toy_grid_columns.py "$OUT/compare4800" "$OUT/grid4800.png" --total 42 --columns 0 1 6 15 21 23
 s0_points=ladd150@150,ladd600@600,ladd1200@1200,ladd2400@2400,ladd3600@3600,ladd4800@4800
 python launch/toy_long_mix_figure.py --out "$OUT/figure4800.png" \
   --series "LADD alone=$OUT/compare4800/metrics.json:$s0_points" \
