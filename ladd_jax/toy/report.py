@@ -61,8 +61,8 @@ def training_curves(
         for ax in axes.flat:
             ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     panels = (
-        (axes[0, 0], "d_acc", "discriminator accuracy (per location, real and fake)"),
-        (axes[0, 1], "logit_gap", "logit gap: mean D(real) - mean D(fake)"),
+        (axes[0, 0], "d_acc", "D accuracy (per location) on each step's batch, before its D updates"),
+        (axes[0, 1], "logit_gap", "logit gap: mean D(real) - mean D(fake), the same"),
         (axes[1, 0], *eval_panels[0]),
         (axes[1, 1], *eval_panels[1]),
     )
