@@ -8,9 +8,9 @@
 #   3. the demo's 150 LADD steps with 1, 4 (the toy config) and 8 D updates a step, 1 at 4x the heads' rate, and 4 at
 #      0.3x: every accuracy curve measured the new way, each student's held-out probe;
 #   4. the long run resumed from step 4800 to 7200 with both rates cosine-decayed and EMA 0.99 ("settled"), beside the
-#      toy config's own continuation (LONG's step 7200);
+#      toy config's own continuation (LONG's step 7200); the same at seed 1, with its constant-rate continuation;
 #   5. `ladd-jax evaluate` of the students of 3 and 4 on the demo's prompts and noise.
-# On 2 CPU cores about 50 minutes (4 is most of it), after launch/toy_long_ladd.sh.
+# On 2 CPU cores about 85 minutes (4 is most of it), after launch/toy_long_ladd.sh.
 #
 #   bash launch/toy_heads_accuracy.sh         # OUT=runs/heads_accuracy LONG=runs/long_ladd
 set -euo pipefail
@@ -49,8 +49,21 @@ mkdir -p "$OUT/settled" && cp -r "$LONG/s0/synth" "$OUT/settled/" && from4800 "$
 cp "$LONG/s0/ladd4800/metrics.jsonl" "$OUT/settled/settled/"
 python launch/toy_ladd_sweep.py --out "$OUT/settled" --steps 7200 --eval-every 300 \
   --run "settled=checkpoint_every=1200,keep_checkpoints=8,lr_decay=cosine,ema_decay=0.99"
+# Seed 1 (LONG's seed-1 run, which stopped at 4800): settled and at constant rates, side by side.
+for run in settled_s1 const_s1; do
+  mkdir -p "$OUT/$run/$run/checkpoints" && cp -r "$LONG/s1/synth" "$OUT/$run/"
+  cp -r "$LONG/s1/ladd4800_s1/checkpoints/4800" "$OUT/$run/$run/checkpoints/"
+  cp "$LONG/s1/ladd4800_s1/metrics.jsonl" "$OUT/$run/$run/"
+done
+s1=checkpoint_every=1200,keep_checkpoints=8,seed=1
+python launch/toy_ladd_sweep.py --out "$OUT/settled_s1" --steps 7200 --eval-every 600 \
+  --run "settled_s1=$s1,lr_decay=cosine,ema_decay=0.99" &
+python launch/toy_ladd_sweep.py --out "$OUT/const_s1" --steps 7200 --eval-every 600 --run "const_s1=$s1" &
+wait
 
 # 5. Every student above on the demo's prompts and noise.
 ladd-jax evaluate --out "$OUT/compare" --student "settled7200=$OUT/settled/settled/student" \
   --student "d1=$OUT/d_steps/d1/student" --student "d8=$OUT/d_steps/d8/student" \
   --student "dlr3e4=$OUT/d_steps/dlr3e4/student"
+ladd-jax evaluate --out "$OUT/compare_s1" --student "settled7200_s1=$OUT/settled_s1/settled_s1/student" \
+  --student "const7200_s1=$OUT/const_s1/const_s1/student"
