@@ -17,26 +17,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/heads_accuracy}
 LONG=${LONG:-runs/long_ladd}
-TEACHER=ladd_jax/toy/assets/teacher
 mkdir -p "$OUT"
-train() { ladd-jax train --config configs/ladd.py:toy "--config.teacher=$TEACHER" "$@"; }
 # A run resumed from LONG's seed-0 checkpoint at step 4800 (the trainer resumes from the latest in its workdir).
 from4800() { mkdir -p "$1/checkpoints" && cp -r "$LONG/s0/ladd4800/checkpoints/4800" "$1/checkpoints/"; }
 
 # 1. The heads alone, on the test's data: 64 train-split prompts sampled by the teacher (20 steps, CFG 3).
-python -c "from ladd_jax.toy.components import read_toy_world; from ladd_jax.toy.world import write_prompts
-write_prompts(read_toy_world('$TEACHER'), 'train', 64, 0, '$OUT/alone_prompts.txt', overwrite=True)"
-ladd-jax synth --model "$TEACHER" --prompts "$OUT/alone_prompts.txt" --out "$OUT/alone_synth" --num-steps 20 \
-  --cfg 3 --max-sequence-length 16 --batch-size 32
-alone=(--config.data="$OUT/alone_synth" --config.log_every=1 --config.train_student=False
-  "--config.student.timesteps=(1.0,)" "--config.student.probs=(1.0,)" "--config.student.warmup_probs=(1.0,)")
-train --workdir "$OUT/alone_m1" "${alone[@]}" --config.total_steps=300 --config.checkpoint_every=300
-train --workdir "$OUT/alone_m0" "${alone[@]}" --config.total_steps=200 --config.checkpoint_every=200 \
-  --config.t_hat_mean=0.0
+alone="train_student=False,log_every=1,student.timesteps=(1.0,),student.probs=(1.0,),student.warmup_probs=(1.0,)"
+sweep_alone() { python launch/toy_ladd_sweep.py --out "$OUT/alone" --synth-prompts 64 "$@"; }
+sweep_alone --steps 300 --eval-every 300 --run "alone_m1=$alone"
+sweep_alone --steps 200 --eval-every 200 --run "alone_m0=$alone,t_hat_mean=0.0"
 
 # 2. The long run's heads at step 4800, measured the new way.
 from4800 "$OUT/long4800"
-train --workdir "$OUT/long4800" --config.data="$LONG/s0/synth" --config.total_steps=4850 \
+ladd-jax train --config configs/ladd.py:toy --config.teacher=ladd_jax/toy/assets/teacher --workdir "$OUT/long4800" \
+  --config.data="$LONG/s0/synth" --config.total_steps=4850 \
   --config.checkpoint_every=4850 --config.log_every=5
 
 # 3. D updates a step and the heads' rate, the demo's 150 steps (the demo's data: LONG's seed-0 synthetic latents).

@@ -332,16 +332,16 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
             d_objective = functools.partial(play.d_objective, feats=play.d_features(fake))
             if not play.d_updates:  # the control: heads frozen at their initialisation, only measured
                 d_total, d_aux = d_objective(disc)
-                d_metrics.update(d_loss=d_total, **d_aux)
             # Unrolled on purpose: a lax.scan over the updates compiled the toy step in 39 s instead of 57 (XLA:CPU,
             # optimisation level 1), but its loop ran each step 5-7x slower (7-9 s against 1.2-1.6 s).
             for i in range(play.d_updates):
-                (d_total, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(disc)
+                (loss, aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(disc)
                 if i == 0:  # measured as the heads meet the batch: the d_steps updates all fit this one batch, and
                     # after them its accuracy says how well they fit it, not how well they tell real from fake
-                    d_metrics.update(d_loss=d_total, d_grad_norm=optax.tree.norm(d_grads), **d_aux)
+                    d_total, d_aux, d_metrics["d_grad_norm"] = loss, aux, optax.tree.norm(d_grads)
                 updates, d_opt = models.d_tx.update(d_grads, d_opt, disc)
                 disc = optax.apply_updates(disc, updates)
+            d_metrics.update(d_loss=d_total, **d_aux)
 
         # ---------------------------------------------------------------- G step: student only, through the teacher
         student, g_opt, g_metrics = state.student, state.g_opt, {}
