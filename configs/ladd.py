@@ -90,6 +90,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.adv_weight = 1.0  # weight of the adversarial term in the student's loss; 0: no heads, no D step
     c.loss = "hinge"  # or "non_saturating" (hinge: ADD's choice; unconfirmed for LADD)
     c.d_steps = 1  # D updates per G update, all on the step's batch (the D metrics are logged before them)
+    # Each D update after the first re-noises the step's real latents and student samples afresh (new t_hat and
+    # noise; two teacher passes each, no gradient), so the heads cannot fit one draw's noise, only what survives it.
+    # Off: in the toy world it left the heads' accuracy on fresh batches and the students within the seed spread
+    # (alignment notes, "Fresh noise for each D update, and heads trained before the student"), for 1.2x the time.
+    c.d_renoise = False
     c.train_student = True  # False: no G updates, the heads alone against the fixed student (can they learn?)
     c.r1_gamma = 0.0  # ADD uses 1e-5 on the heads' inputs
     c.misaligned_weight = 0.0  # >0: real latents with text they do not match as extra fakes (SANA-Sprint's pairs)

@@ -1,13 +1,15 @@
-"""What the train step logs about the game: with several D updates a step, the D metrics (d_loss, d_acc, the logits)
+"""The train step's D phase. What it logs: with several D updates a step, the D metrics (d_loss, d_acc, the logits)
 describe the heads as they meet the step's batch, before the updates fit them to that batch. Measured after 3 of its
 4 updates, the toy world's long LADD run read 0.85 accuracy at step 4800 where the heads told a fresh batch's samples
-apart 0.51-0.58 of the time (alignment notes, "The heads' accuracy, before and after their updates")."""
+apart 0.51-0.58 of the time (alignment notes, "The heads' accuracy, before and after their updates"). What its
+updates see: with config.d_renoise each update after the first reads the step's samples re-noised afresh."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from conftest import tiny_sd3_transformer
 from test_conditioning import SHAPES
 from test_train import ROOT
@@ -22,18 +24,25 @@ from ladd_jax.train.steps import make_step_gradients, make_train_step, step_draw
 D_METRICS = ("d_loss", "d_acc", "logits_real", "logits_fake", "logit_gap")
 
 
-def test_d_metrics_are_the_heads_before_the_steps_d_updates(tmp_path):
+def setup(tmp_path, **overrides):
+    """A tiny teacher, heads that answer from the start and D updates that move them at step 0; the step's inputs."""
     tiny_sd3_transformer("sd3-medium").save_pretrained(tmp_path / "teacher")
     teacher_config, teacher = load_mmdit(tmp_path / "teacher")
     c = load_config_file(ROOT / "configs" / "ladd.py", "tiny")
-    c.disc.output_init = "normal"  # heads that answer from the start
+    c.disc.output_init = "normal"
     c.disc.hidden, c.disc.cond_dim, c.disc.norm_groups = 16, 16, 4
-    c.d_steps, c.d_lr, c.lr_warmup_steps = 3, 1e-2, 0  # updates that move the heads at step 0
+    c.d_steps, c.d_lr, c.lr_warmup_steps = 3, 1e-2, 0
+    c.update(overrides)
     rng = np.random.default_rng(0)
     batch = {k: rng.standard_normal(s, dtype=np.float32) for k, s in SHAPES.items()}
-    key, mesh = jax.random.key(0), sharding.make_mesh()
     models = make_models(c, teacher_config, teacher_config)
     heads = init_discriminator(models.disc.config, jax.random.key(2), 16, teacher_config.pooled_projection_dim)
+    return c, models, teacher, heads, batch
+
+
+def test_d_metrics_are_the_heads_before_the_steps_d_updates(tmp_path):
+    c, models, teacher, heads, batch = setup(tmp_path)
+    key, mesh = jax.random.key(0), sharding.make_mesh()
     draws = step_draws(c, jnp.zeros((), jnp.int32), key, SHAPES["latent"])
     gradients = jax.jit(make_step_gradients(c, models, mesh))  # the objectives at given heads, nothing updated
 
@@ -46,3 +55,35 @@ def test_d_metrics_are_the_heads_before_the_steps_d_updates(tmp_path):
         np.testing.assert_allclose(logged[k], before[k], rtol=1e-5, atol=1e-6, err_msg=k)
     # The updates did fit the heads to this batch: measured after them the step would have logged other values.
     assert after["d_loss"] < before["d_loss"] - 1e-3, (after["d_loss"], before["d_loss"])
+
+
+def test_d_renoise_gives_each_further_d_update_its_own_draws(tmp_path):
+    c, models, teacher, heads, batch = setup(tmp_path, d_steps=2, d_renoise=True)
+    key, mesh, step = jax.random.key(0), sharding.make_mesh(), jnp.zeros((), jnp.int32)
+    draws = step_draws(c, step, key, SHAPES["latent"])
+    c_plain = c.copy_and_resolve_references()
+    c_plain.d_renoise = False
+    base = step_draws(c_plain, step, key, SHAPES["latent"])
+    assert set(draws) - set(base) == {"d_t_hat", "d_eps_real", "d_eps_fake"}
+    for k, v in base.items():  # the step's other draws do not move when the option is on
+        np.testing.assert_array_equal(draws[k], v, err_msg=k)
+    assert draws["d_eps_fake"].shape == (1, *SHAPES["latent"]) and draws["d_t_hat"].shape == (1, SHAPES["latent"][0])
+    assert not np.allclose(draws["d_eps_fake"][0], draws["eps_fake"])
+
+    # The step's heads against two updates by hand: the first on the step's draws, the second on the fresh ones.
+    state = init_state(models, teacher, heads)
+    new_state, _ = jax.jit(make_train_step(c, models, mesh))(state, dict(teacher=teacher), batch, key)
+    gradients = jax.jit(make_step_gradients(c, models, mesh))
+    fresh = dict(draws, **{k: draws[f"d_{k}"][0] for k in ("t_hat", "eps_real", "eps_fake")})
+    expected, d_opt = heads, state.d_opt
+    for d in (draws, fresh):
+        updates, d_opt = models.d_tx.update(gradients(teacher, expected, teacher, batch, d)[1], d_opt, expected)
+        expected = optax.apply_updates(expected, updates)
+    same, _ = jax.tree.flatten(
+        jax.tree.map(lambda a, b: np.allclose(a, b, rtol=1e-4, atol=1e-6), new_state.disc, expected)
+    )
+    assert all(same)
+    # Without the option the second update reads the first's draws again, and the heads come out elsewhere.
+    old_state, _ = jax.jit(make_train_step(c_plain, models, mesh))(state, dict(teacher=teacher), batch, key)
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), old_state.disc, new_state.disc)
+    assert max(jax.tree.leaves(moved)) > 1e-4

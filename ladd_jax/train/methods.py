@@ -69,6 +69,11 @@ def method(config: ml_collections.ConfigDict) -> str:
                 f"config.disc.{key}={config.disc[key]}: ADD's heads read a pixel feature network, not the teacher, "
                 "so there are no teacher features to guide; leave it at 1 (or train method ladd)"
             )
+    if name == "dmd" and config.get("d_renoise", False):
+        raise LaddError(
+            "config.d_renoise re-noises the heads' inputs for each D update, and dmd's D phase trains its fake score "
+            "on the step's samples: leave d_renoise False with dmd (or train method ladd)"
+        )
     if ((uses_heads(config) and config.disc.train) or name == "dmd") and config.get("d_steps", 1) < 1:
         raise LaddError(
             f"config.d_steps={config.d_steps}: heads and DMD's fake score need at least one update a step "

@@ -10,6 +10,7 @@ regression game are subclasses, train/add.py and train/regression.py) with the o
     fake   = teacher features of (1 - t_hat) x0_hat + t_hat eps_f
     D step (x d_steps): heads <- heads - grad_heads [d_loss(D(real), D(fake)) + gamma/2 R1 + w * misaligned]
                         misaligned: real latents under text they do not match, as fakes
+                        d_renoise: each update after the first re-noises x0 and x0_hat afresh (t_hat, eps)
                         the teacher's features enter as constants: no gradient of the teacher is computed
     G step:             student <- student - grad_student [g_loss(D(fake(student)))  (+ lambda * distill)],
                         the gradient reaches the student through the teacher's activations; the teacher's
@@ -56,6 +57,7 @@ BATCH_FIELDS = ("latent", "context", "pooled")
 COND_FIELD = "cond"
 MISALIGNED_SOURCES = ("batch", "records")
 Draws = dict[str, jax.Array]  # see `step_draws`
+RENOISE_KEY = 6  # fold_in tag of the D updates' own re-noising draws (config.d_renoise), apart from the six above
 Frozen = dict[str, Any]  # the frozen networks' params, by name ("teacher", ...)
 Features = dict[str, tuple[jax.Array, ...]]  # the D step's teacher features: real, fake (and misaligned)
 Objective = tuple[jax.Array, dict[str, jax.Array]]  # (loss, its parts)
@@ -77,11 +79,13 @@ def step_draws(config: ml_collections.ConfigDict, step: jax.Array, key: jax.Arra
 
     t: student times [B]; eps: the noise of x_t; t_hat: the teacher's times [B]; eps_real / eps_fake: the noise
     re-noising real latents / the student's samples; t_distill: the times of the distillation loss [B] (drawn
-    always, used only when distill_weight > 0).
+    always, used only when distill_weight > 0). With config.d_renoise, d_t_hat / d_eps_real / d_eps_fake
+    [d_steps - 1, ...]: the re-noising of the D updates after the first.
     """
     b = x0_shape[0]
-    k_t, k_eps, k_that, k_real, k_fake, k_dist = jax.random.split(jax.random.fold_in(key, step), 6)
-    return dict(
+    step_key = jax.random.fold_in(key, step)
+    k_t, k_eps, k_that, k_real, k_fake, k_dist = jax.random.split(step_key, 6)
+    draws = dict(
         t=student_times(config, step, k_t, b),
         eps=jax.random.normal(k_eps, x0_shape),
         t_hat=sample_logit_normal(k_that, (b,), config.t_hat_mean, config.t_hat_std),
@@ -89,6 +93,15 @@ def step_draws(config: ml_collections.ConfigDict, step: jax.Array, key: jax.Arra
         eps_fake=jax.random.normal(k_fake, x0_shape),
         t_distill=jax.random.uniform(k_dist, (b,)),
     )
+    renoisings = config.d_steps - 1 if config.get("d_renoise", False) else 0
+    if renoisings > 0:  # from a key of their own, so the draws above are the same with or without them
+        k_that, k_real, k_fake = jax.random.split(jax.random.fold_in(step_key, RENOISE_KEY), 3)
+        draws.update(
+            d_t_hat=sample_logit_normal(k_that, (renoisings, b), config.t_hat_mean, config.t_hat_std),
+            d_eps_real=jax.random.normal(k_real, (renoisings, *x0_shape)),
+            d_eps_fake=jax.random.normal(k_fake, (renoisings, *x0_shape)),
+        )
+    return draws
 
 
 def guided_velocity(
@@ -220,6 +233,20 @@ class Game:
         feats = guided_features(feats_of, self.frozen, x, t_hat, c, p, scale)
         return tuple(constrain_batch(f, self.mesh) for f in feats)
 
+    def renoised(self, i: int) -> Game:
+        """This game with the re-noising of D update i + 2 (config.d_renoise: draws d_t_hat, d_eps_real, d_eps_fake
+        [i]) in place of t_hat, eps_real and eps_fake."""
+        fresh = {k: self.draws[f"d_{k}"][i] for k in ("t_hat", "eps_real", "eps_fake")}
+        return dataclasses.replace(self, draws=dict(self.draws, **fresh))
+
+    def d_objective_of(self, x0_hat: jax.Array, fake: tuple[jax.Array, ...] | None = None) -> Callable:
+        """disc_params -> `d_objective` on this game's re-noising of the real latents and of the student's samples
+        `x0_hat` (constants); `fake`: their features when already computed (`fake_features`)."""
+        if fake is None:
+            _, ctx, pooled = self.inputs
+            fake = self.features(jax.lax.stop_gradient(x0_hat), self.draws["eps_fake"], ctx, pooled)
+        return functools.partial(self.d_objective, feats=self.d_features(fake))
+
     def heads(self, disc_params: Any, feats: tuple[jax.Array, ...], p: jax.Array | None = None) -> Logits:
         """The heads' logits; `p` replaces the batch's pooled text (the misaligned pairs)."""
         pooled = self.inputs[2] if p is None else p
@@ -329,12 +356,15 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         disc, d_opt = state.disc, on_device(state.d_opt)  # on_device: config.offload may keep it in host memory
         d_metrics = {}
         if play.trains_second_network:
-            d_objective = functools.partial(play.d_objective, feats=play.d_features(fake))
+            d_objectives = [play.d_objective_of(x0_hat, fake)]
+            if config.get("d_renoise", False):  # each further update: the step's samples re-noised afresh
+                d_objectives += [play.renoised(i).d_objective_of(x0_hat) for i in range(play.d_updates - 1)]
             if not play.d_updates:  # the control: heads frozen at their initialisation, only measured
-                d_total, d_aux = d_objective(disc)
+                d_total, d_aux = d_objectives[0](disc)
             # Unrolled on purpose: a lax.scan over the updates compiled the toy step in 39 s instead of 57 (XLA:CPU,
             # optimisation level 1), but its loop ran each step 5-7x slower (7-9 s against 1.2-1.6 s).
             for i in range(play.d_updates):
+                d_objective = d_objectives[min(i, len(d_objectives) - 1)]
                 (loss, aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(disc)
                 if i == 0:  # measured as the heads meet the batch: the d_steps updates all fit this one batch, and
                     # after them its accuracy says how well they fit it, not how well they tell real from fake
@@ -379,8 +409,7 @@ def make_step_gradients(config: ml_collections.ConfigDict, models: Models, mesh:
     def step_gradients(student: Any, heads: Any, teacher_params: Any, batch: Batch, draws: Draws):
         game = Game(config, models, mesh, dict(teacher=teacher_params), batch, draws)
         x0_hat, pull_back, fake, fake_pull_back = game.student_pass(student)
-        d_objective = functools.partial(game.d_objective, feats=game.d_features(fake))
-        (d_total, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(heads)
+        (d_total, d_aux), d_grads = jax.value_and_grad(game.d_objective_of(x0_hat, fake), has_aux=True)(heads)
         (g_total, g_aux), x0_grad = game.g_gradient(heads, x0_hat, fake, fake_pull_back)
         (g_grads,) = pull_back(x0_grad)
         return dict(d_loss=d_total, g_total=g_total, **d_aux, **g_aux), d_grads, g_grads
