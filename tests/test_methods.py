@@ -334,8 +334,9 @@ def test_method_errors(world, features, tmp_path):
         methods.method(tiny_config(world, "dmd", distill_weight=0.0))
     with pytest.raises(LaddError, match="d_steps"):
         methods.method(tiny_config(world, "dmd", d_steps=0, **{"disc.train": False}))
-    with pytest.raises(LaddError, match="d_renoise"):
-        methods.method(tiny_config(world, "dmd", d_renoise=True))
+    for name in methods.RENOISE_FREE:
+        with pytest.raises(LaddError, match=f"d_renoise False with method {name}"):
+            methods.method(tiny_config(world, name, d_renoise=True))
 
 
 def test_misaligned_pairs_text_comes_from_the_batch_or_the_records(world):

@@ -32,6 +32,12 @@ from ladd_jax.train.state import Models, optimizer
 from ladd_jax.train.steps import BATCH_FIELDS, COND_FIELD, MISALIGNED_SOURCES, StepFn, make_train_step
 
 METHODS = ("ladd", "add", "lcm", "d2g", "dmd")
+# The methods whose D phase has no re-noised teacher features for config.d_renoise to draw afresh, and why.
+RENOISE_FREE = {
+    "add": "ADD's heads read a pixel feature network on clean images",
+    "dmd": "DMD's D phase trains its fake score on the step's samples",
+    "lcm": "LCM has no D phase",
+}
 
 
 @dataclasses.dataclass
@@ -69,10 +75,10 @@ def method(config: ml_collections.ConfigDict) -> str:
                 f"config.disc.{key}={config.disc[key]}: ADD's heads read a pixel feature network, not the teacher, "
                 "so there are no teacher features to guide; leave it at 1 (or train method ladd)"
             )
-    if name == "dmd" and config.get("d_renoise", False):
+    if name in RENOISE_FREE and config.get("d_renoise", False):
         raise LaddError(
-            "config.d_renoise re-noises the heads' inputs for each D update, and dmd's D phase trains its fake score "
-            "on the step's samples: leave d_renoise False with dmd (or train method ladd)"
+            f"config.d_renoise re-noises the teacher's inputs of each D update, and {RENOISE_FREE[name]}: leave "
+            f"d_renoise False with method {name} (or train method ladd or d2g)"
         )
     if ((uses_heads(config) and config.disc.train) or name == "dmd") and config.get("d_steps", 1) < 1:
         raise LaddError(
