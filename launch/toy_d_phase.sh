@@ -8,7 +8,7 @@
 #   2. the heads trained alone for 50 steps against the student's initialisation (train_student=False), then the
 #      demo's 150 LADD steps from that checkpoint (seeds 0 and 1); the curves run over both phases;
 #   3. the curves of all six runs (OUT/sweep/curves_d_phase.png) and `ladd-jax evaluate` of their students.
-# On 2 CPU cores about 30 minutes.
+# On 2 CPU cores about 20 minutes.
 #
 #   bash launch/toy_d_phase.sh         # OUT=runs/d_phase
 set -euo pipefail
