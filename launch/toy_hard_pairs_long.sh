@@ -21,7 +21,11 @@ sweep() { python launch/toy_ladd_sweep.py --out "$1" --eval-every 300 --mismatch
 
 # 1. With and without hard pairs, side by side (the second on the first's data, once it is written).
 sweep "$OUT/pairs" --steps 2400 --run "ns_pairs1=$PAIRS,checkpoint_every=1200" > "$OUT/pairs.log" 2>&1 &
-until grep -q "LADD:" "$OUT/pairs.log" 2>/dev/null; do sleep 5; done
+pairs=$!
+until grep -q "LADD:" "$OUT/pairs.log" 2>/dev/null; do  # its data written; a run that fails first ends the script
+  kill -0 "$pairs" 2>/dev/null || { wait "$pairs"; exit 1; }
+  sleep 5
+done
 mkdir -p "$OUT/ns" && cp -r "$OUT/pairs/synth" "$OUT/ns/"
 sweep "$OUT/ns" --steps 2400 --run "ns=loss=non_saturating,checkpoint_every=1200"
 wait

@@ -62,7 +62,7 @@ def test_heads_alone_separate_teacher_samples_from_one_step_outputs(synth, tmp_p
     rows = read_metrics(tmp_path)
     accuracy = [r["d_acc"] for r in rows]
     assert "g_loss" not in rows[-1]  # no G step was taken
-    assert accuracy[0] < 0.6, accuracy[:5]  # learnt, not born accurate (the heads' logits start at zero: 0)
+    assert accuracy[0] < 0.6, accuracy[:5]  # learnt, not born accurate (the heads' logits start at zero)
     assert np.mean(accuracy[-20:]) >= HEADS_ALONE_TARGET, accuracy[-20:]
     # The student is the teacher, untouched.
     _, meta = read_meta(tmp_path)
