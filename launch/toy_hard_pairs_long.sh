@@ -28,7 +28,7 @@ until grep -q "LADD:" "$OUT/pairs.log" 2>/dev/null; do  # its data written; a ru
 done
 mkdir -p "$OUT/ns" && cp -r "$OUT/pairs/synth" "$OUT/ns/"
 sweep "$OUT/ns" --steps 2400 --run "ns=loss=non_saturating,checkpoint_every=1200"
-wait
+wait "$pairs"  # returns the run's status, so a failed run stops the script (set -e)
 
 # 2. Settled from step 2400 (the trainer resumes from its workdir's latest checkpoint); seed 1 beside it.
 mkdir -p "$OUT/settle/pairs_settled/checkpoints" "$OUT/pairs_s1"
@@ -37,8 +37,9 @@ cp -r "$OUT/pairs/ns_pairs1/checkpoints/2400" "$OUT/settle/pairs_settled/checkpo
 cp "$OUT/pairs/ns_pairs1/metrics.jsonl" "$OUT/settle/pairs_settled/"
 sweep "$OUT/settle" --steps 4800 \
   --run "pairs_settled=$PAIRS,checkpoint_every=1200,keep_checkpoints=8,lr_decay=cosine,ema_decay=0.99" &
+settled=$!
 sweep "$OUT/pairs_s1" --steps 2400 --run "ns_pairs1_s1=$PAIRS,checkpoint_every=1200,seed=1"
-wait
+wait "$settled"
 
 # 3. Random pairs (misaligned_source=batch), the same weight and data.
 mkdir -p "$OUT/random" && cp -r "$OUT/pairs/synth" "$OUT/random/"

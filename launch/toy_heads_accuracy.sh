@@ -52,8 +52,11 @@ done
 s1=checkpoint_every=1200,keep_checkpoints=8,seed=1
 python launch/toy_ladd_sweep.py --out "$OUT/settled_s1" --steps 7200 --eval-every 600 \
   --run "settled_s1=$s1,lr_decay=cosine,ema_decay=0.99" &
+settled=$!
 python launch/toy_ladd_sweep.py --out "$OUT/const_s1" --steps 7200 --eval-every 600 --run "const_s1=$s1" &
-wait
+const=$!
+wait "$settled"  # each wait returns its run's status, so a failed run stops the script (set -e)
+wait "$const"
 
 # 5. Every student above on the demo's prompts and noise.
 ladd-jax evaluate --out "$OUT/compare" --student "settled7200=$OUT/settled/settled/student" \

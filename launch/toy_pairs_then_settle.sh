@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Misaligned pairs, then settled without them (ladd_jax/toy/assets/alignment/README.md, "Pairs first, then settled
+# without them"). The pairs lift LADD's alignment and cost FD, and settling with them kept the cost; here each 2400-step
+# run of launch/toy_hard_pairs_long.sh (PAIRS) is resumed from its step 2400 to 4800 with the pairs off
+# (misaligned_weight=0), both rates cosine-decayed and EMA 0.99, as that script settles its pairs run:
+#   1. the hard pairs at seed 0 and the random pairs (seed 0), side by side;
+#   2. the hard pairs at seed 1, beside the run that never had pairs settled the same way (the control: is it the
+#      pairs or the settling?);
+#   3. `ladd-jax evaluate` of the four students on the demo's prompts and noise, and their curves in one figure.
+# On 2 CPU cores about 85 minutes (1 and 2 two runs at a time, each about 37 minutes), after
+# launch/toy_hard_pairs_long.sh.
+#
+#   bash launch/toy_pairs_then_settle.sh     # OUT=runs/pairs_then_settle PAIRS=runs/hard_pairs_long
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/pairs_then_settle}
+PAIRS=${PAIRS:-runs/hard_pairs_long}
+SETTLE="loss=non_saturating,misaligned_weight=0.0,checkpoint_every=1200,keep_checkpoints=8,lr_decay=cosine"
+SETTLE="$SETTLE,ema_decay=0.99"
+
+# NAME from PAIRS' run SRC at its step 2400 (the trainer resumes from its workdir's latest checkpoint); its
+# metrics.jsonl copied first, so the curves run from step 0.
+settle() {
+  local name=$1 src=$2 overrides=$3
+  mkdir -p "$OUT/$name/$name/checkpoints"
+  cp -r "$PAIRS/pairs/synth" "$OUT/$name/"
+  cp -r "$PAIRS/$src/checkpoints/2400" "$OUT/$name/$name/checkpoints/"
+  cp "$PAIRS/$src/metrics.jsonl" "$OUT/$name/$name/"
+  python launch/toy_ladd_sweep.py --out "$OUT/$name" --eval-every 300 --mismatch shape,color --steps 4800 \
+    --run "$name=$overrides" > "$OUT/$name.log" 2>&1
+}
+mkdir -p "$OUT"
+
+# 1. and 2., two at a time (`wait PID` passes a failed background run's status on to `set -e`).
+settle hard "pairs/ns_pairs1" "$SETTLE" &
+first=$!
+settle random "random/ns_random1" "$SETTLE"
+wait "$first"
+settle hard_s1 "pairs_s1/ns_pairs1_s1" "$SETTLE,seed=1" &
+first=$!
+settle nopairs "ns/ns" "$SETTLE"
+wait "$first"
+
+# 3. The students on the demo's prompts and noise; the curves.
+ladd-jax evaluate --out "$OUT/compare" --student "hard=$OUT/hard/hard/student" \
+  --student "random=$OUT/random/random/student"
+ladd-jax evaluate --out "$OUT/compare2" --student "hard_s1=$OUT/hard_s1/hard_s1/student" \
+  --student "nopairs=$OUT/nopairs/nopairs/student"
+python - "$OUT" <<'EOF'
+import sys
+from pathlib import Path
+
+from ladd_jax.toy.report import training_curves
+
+out = Path(sys.argv[1])
+runs = {
+    "no pairs, settled": out / "nopairs/nopairs",
+    "hard pairs, settled without them": out / "hard/hard",
+    "hard pairs seed 1, settled without them": out / "hard_s1/hard_s1",
+    "random pairs, settled without them": out / "random/random",
+}
+panels = (
+    ("eval/fd_1step", "student 1-step FD, test-split prompts of their own draw (lower is better)"),
+    ("eval/alignment_1step", "student 1-step alignment, test-split prompts of their own draw"),
+)
+print(training_curves(runs, {}, out / "curves.png", eval_panels=panels))
+EOF
