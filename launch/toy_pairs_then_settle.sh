@@ -6,8 +6,10 @@
 #   1. the hard pairs at seed 0 and the random pairs (seed 0), side by side;
 #   2. the hard pairs at seed 1, beside the run that never had pairs settled the same way (the control: is it the
 #      pairs or the settling?);
-#   3. `ladd-jax evaluate` of the four students on the demo's prompts and noise, and their curves in one figure.
-# On 2 CPU cores about 85 minutes (1 and 2 two runs at a time, each about 37 minutes), after
+#   3. the random pairs at seed 1: 2400 steps with them (as PAIRS' seed-0 run), then settled without them;
+#   4. `ladd-jax evaluate` of the five settled students on the demo's prompts and noise, their 1-step columns side by
+#      side, and their curves in one figure.
+# On 2 CPU cores about 130 minutes (1 and 2 two runs at a time, each about 37 minutes; 3 alone, about 45), after
 # launch/toy_hard_pairs_long.sh.
 #
 #   bash launch/toy_pairs_then_settle.sh     # OUT=runs/pairs_then_settle PAIRS=runs/hard_pairs_long
@@ -41,11 +43,18 @@ first=$!
 settle nopairs "ns/ns" "$SETTLE"
 wait "$first"
 
-# 3. The students on the demo's prompts and noise; the curves.
-ladd-jax evaluate --out "$OUT/compare" --student "hard=$OUT/hard/hard/student" \
-  --student "random=$OUT/random/random/student"
-ladd-jax evaluate --out "$OUT/compare2" --student "hard_s1=$OUT/hard_s1/hard_s1/student" \
-  --student "nopairs=$OUT/nopairs/nopairs/student"
+# 3. The random pairs at seed 1, then settled (its pairs run in OUT, where settle() looks for PAIRS' runs).
+mkdir -p "$OUT/pairs" && cp -r "$PAIRS/pairs/synth" "$OUT/pairs/"
+python launch/toy_ladd_sweep.py --out "$OUT/pairs" --eval-every 300 --mismatch shape,color --steps 2400 \
+  --run "random_s1_pairs=loss=non_saturating,misaligned_weight=1.0,misaligned_source=batch,checkpoint_every=1200,seed=1"
+PAIRS=$OUT settle random_s1 "pairs/random_s1_pairs" "$SETTLE,seed=1"
+
+# 4. The students on the demo's prompts and noise; their 1-step columns (after the real render and the 20-step
+# teacher; each student's rows are 1, 2, 4 steps); the curves.
+students=()
+for run in nopairs hard hard_s1 random random_s1; do students+=(--student "$run=$OUT/$run/$run/student"); done
+ladd-jax evaluate --out "$OUT/compare" "${students[@]}"
+python launch/toy_grid_columns.py "$OUT/compare" "$OUT/grid_1step.png" --total 21 --columns 0 1 6 9 12 15 18
 python - "$OUT" <<'EOF'
 import sys
 from pathlib import Path
@@ -58,6 +67,7 @@ runs = {
     "hard pairs, settled without them": out / "hard/hard",
     "hard pairs seed 1, settled without them": out / "hard_s1/hard_s1",
     "random pairs, settled without them": out / "random/random",
+    "random pairs seed 1, settled without them": out / "random_s1/random_s1",
 }
 panels = (
     ("eval/fd_1step", "student 1-step FD, test-split prompts of their own draw (lower is better)"),
