@@ -9,7 +9,7 @@
 #   3. the random pairs at seed 1: 2400 steps with them (as PAIRS' seed-0 run), then settled without them;
 #   4. `ladd-jax evaluate` of the five settled students on the demo's prompts and noise, their 1-step columns side by
 #      side, and their curves in one figure.
-# On 2 CPU cores about 130 minutes (1 and 2 two runs at a time, each about 37 minutes; 3 alone, about 45), after
+# On 2 CPU cores about 130 minutes (1 and 2 two runs at a time, each about 37 minutes; 3 alone, about 50), after
 # launch/toy_hard_pairs_long.sh.
 #
 #   bash launch/toy_pairs_then_settle.sh     # OUT=runs/pairs_then_settle PAIRS=runs/hard_pairs_long
