@@ -51,22 +51,6 @@ ladd-jax evaluate --out "$OUT/compare" --student "ns_pairs1=$OUT/pairs/ns_pairs1
 ladd-jax evaluate --out "$OUT/compare2" --student "pairs_settled4800=$OUT/settle/pairs_settled/student" \
   --student "ns_pairs1_s1=$OUT/pairs_s1/ns_pairs1_s1/student"
 ladd-jax evaluate --out "$OUT/compare3" --student "ns_random1=$OUT/random/ns_random1/student"
-python - "$OUT" <<'EOF'
-import sys
-from pathlib import Path
-
-from ladd_jax.toy.report import training_curves
-
-out = Path(sys.argv[1])
-runs = {
-    "no pairs": out / "ns/ns",
-    "hard pairs (settled from 2400)": out / "settle/pairs_settled",
-    "hard pairs, seed 1": out / "pairs_s1/ns_pairs1_s1",
-    "random pairs": out / "random/ns_random1",
-}
-panels = (
-    ("eval/fd_1step", "student 1-step FD, test-split prompts of their own draw (lower is better)"),
-    ("eval/alignment_1step", "student 1-step alignment, test-split prompts of their own draw"),
-)
-print(training_curves(runs, {}, out / "curves.png", eval_panels=panels))
-EOF
+python launch/toy_curves.py "$OUT/curves.png" "no pairs=$OUT/ns/ns" \
+  "hard pairs (settled from 2400)=$OUT/settle/pairs_settled" "hard pairs, seed 1=$OUT/pairs_s1/ns_pairs1_s1" \
+  "random pairs=$OUT/random/ns_random1"

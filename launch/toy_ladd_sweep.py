@@ -171,19 +171,23 @@ def main() -> None:
             )
         )
         (out / "sweep.json").write_text(json.dumps(results, indent=1))  # after every run: partial results survive
-        draw_curves(out, list(results), out / "curves.png", args.split)
+        draw_curves(runs_of(out, list(results)), out / "curves.png", args.split)
     for name, names in selections.items():
-        draw_curves(out, names, out / f"curves_{name}.png", args.split)
+        draw_curves(runs_of(out, names), out / f"curves_{name}.png", args.split)
 
 
-def draw_curves(out: Path, names: list[str], path: Path, split: str) -> Path:
-    """The training curves of runs `names` of OUT (those whose folders still exist) in one picture."""
+def draw_curves(runs: dict[str, Path], path: Path, split: str) -> Path:
+    """The training curves of `runs` (label -> run folder) in one picture, the probe's panels titled by its split."""
     panels = (
         ("eval/fd_1step", f"student 1-step FD, {split}-split prompts of their own draw (lower is better)"),
         ("eval/alignment_1step", f"student 1-step alignment, {split}-split prompts of their own draw"),
     )
-    runs = {n: out / n for n in names if (out / n).is_dir()}  # a run's folder may have been removed since
     return training_curves(runs, {}, path, eval_panels=panels)
+
+
+def runs_of(out: Path, names: list[str]) -> dict[str, Path]:
+    """Runs `names` of OUT by name, those whose folders still exist (a run's folder may have been removed since)."""
+    return {n: out / n for n in names if (out / n).is_dir()}
 
 
 if __name__ == "__main__":

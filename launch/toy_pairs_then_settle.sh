@@ -55,23 +55,7 @@ students=()
 for run in nopairs hard hard_s1 random random_s1; do students+=(--student "$run=$OUT/$run/$run/student"); done
 ladd-jax evaluate --out "$OUT/compare" "${students[@]}"
 python launch/toy_grid_columns.py "$OUT/compare" "$OUT/grid_1step.png" --total 21 --columns 0 1 6 9 12 15 18
-python - "$OUT" <<'EOF'
-import sys
-from pathlib import Path
-
-from ladd_jax.toy.report import training_curves
-
-out = Path(sys.argv[1])
-runs = {
-    "no pairs, settled": out / "nopairs/nopairs",
-    "hard pairs, settled without them": out / "hard/hard",
-    "hard pairs seed 1, settled without them": out / "hard_s1/hard_s1",
-    "random pairs, settled without them": out / "random/random",
-    "random pairs seed 1, settled without them": out / "random_s1/random_s1",
-}
-panels = (
-    ("eval/fd_1step", "student 1-step FD, test-split prompts of their own draw (lower is better)"),
-    ("eval/alignment_1step", "student 1-step alignment, test-split prompts of their own draw"),
-)
-print(training_curves(runs, {}, out / "curves.png", eval_panels=panels))
-EOF
+python launch/toy_curves.py "$OUT/curves.png" "no pairs, settled=$OUT/nopairs/nopairs" \
+  "hard pairs, settled without them=$OUT/hard/hard" "hard pairs seed 1, settled without them=$OUT/hard_s1/hard_s1" \
+  "random pairs, settled without them=$OUT/random/random" \
+  "random pairs seed 1, settled without them=$OUT/random_s1/random_s1"
