@@ -30,13 +30,10 @@ mkdir -p "$OUT/ns" && cp -r "$OUT/pairs/synth" "$OUT/ns/"
 sweep "$OUT/ns" --steps 2400 --run "ns=loss=non_saturating,checkpoint_every=1200"
 wait "$pairs"  # returns the run's status, so a failed run stops the script (set -e)
 
-# 2. Settled from step 2400 (the trainer resumes from its workdir's latest checkpoint); seed 1 beside it.
-mkdir -p "$OUT/settle/pairs_settled/checkpoints" "$OUT/pairs_s1"
-cp -r "$OUT/pairs/synth" "$OUT/settle/" && cp -r "$OUT/pairs/synth" "$OUT/pairs_s1/"
-cp -r "$OUT/pairs/ns_pairs1/checkpoints/2400" "$OUT/settle/pairs_settled/checkpoints/"
-cp "$OUT/pairs/ns_pairs1/metrics.jsonl" "$OUT/settle/pairs_settled/"
-sweep "$OUT/settle" --steps 4800 \
-  --run "pairs_settled=$PAIRS,checkpoint_every=1200,keep_checkpoints=8,lr_decay=cosine,ema_decay=0.99" &
+# 2. Settled from step 2400 (launch/toy_settle.sh); seed 1 beside it.
+mkdir -p "$OUT/pairs_s1" && cp -r "$OUT/pairs/synth" "$OUT/pairs_s1/"
+bash launch/toy_settle.sh "$OUT/settle" pairs_settled "$OUT/pairs/ns_pairs1" 2400 4800 \
+  "$PAIRS,checkpoint_every=1200,keep_checkpoints=8,lr_decay=cosine,ema_decay=0.99" &
 settled=$!
 sweep "$OUT/pairs_s1" --steps 2400 --run "ns_pairs1_s1=$PAIRS,checkpoint_every=1200,seed=1"
 wait "$settled"

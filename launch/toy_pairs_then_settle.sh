@@ -20,16 +20,9 @@ PAIRS=${PAIRS:-runs/hard_pairs_long}
 SETTLE="loss=non_saturating,misaligned_weight=0.0,checkpoint_every=1200,keep_checkpoints=8,lr_decay=cosine"
 SETTLE="$SETTLE,ema_decay=0.99"
 
-# NAME from PAIRS' run SRC at its step 2400 (the trainer resumes from its workdir's latest checkpoint); its
-# metrics.jsonl copied first, so the curves run from step 0.
+# NAME from PAIRS' run SRC at its step 2400, to 4800 (its data, checkpoint and curves copied by toy_settle.sh).
 settle() {
-  local name=$1 src=$2 overrides=$3
-  mkdir -p "$OUT/$name/$name/checkpoints"
-  cp -r "$PAIRS/pairs/synth" "$OUT/$name/"
-  cp -r "$PAIRS/$src/checkpoints/2400" "$OUT/$name/$name/checkpoints/"
-  cp "$PAIRS/$src/metrics.jsonl" "$OUT/$name/$name/"
-  python launch/toy_ladd_sweep.py --out "$OUT/$name" --eval-every 300 --mismatch shape,color --steps 4800 \
-    --run "$name=$overrides" > "$OUT/$name.log" 2>&1
+  bash launch/toy_settle.sh "$OUT/$1" "$1" "$PAIRS/$2" 2400 4800 "$3" > "$OUT/$1.log" 2>&1
 }
 mkdir -p "$OUT"
 

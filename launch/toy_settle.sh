@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Resumes a run of launch/toy_ladd_sweep.py from one of its checkpoints, under other settings, as a new run NAME of
+# the sweep in SWEEP_OUT: how the alignment notes "settle" a long run (rates decayed, a longer EMA, the pairs on or
+# off). The trainer resumes from its workdir's latest checkpoint, so FROM_RUN's checkpoint FROM_STEP is copied there
+# first, with its metrics.jsonl (the curves then run from step 0) and, once per SWEEP_OUT, its data (the same latents).
+#
+#   bash launch/toy_settle.sh SWEEP_OUT NAME FROM_RUN FROM_STEP TO_STEP OVERRIDES
+#   e.g. bash launch/toy_settle.sh runs/x/settle a_settled runs/x/pairs/a 2400 4800 lr_decay=cosine,ema_decay=0.99
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -ne 6 ]; then
+  echo "usage: bash launch/toy_settle.sh SWEEP_OUT NAME FROM_RUN FROM_STEP TO_STEP OVERRIDES" >&2
+  exit 2
+fi
+out=$1 name=$2 from=$3 from_step=$4 to_step=$5 overrides=$6
+if [ ! -d "$from/checkpoints/$from_step" ] || [ ! -d "$from/../synth" ]; then
+  echo "$from/checkpoints/$from_step or $from/../synth is missing: FROM_RUN must be a finished toy_ladd_sweep run" \
+    "(OUT/NAME) that kept a checkpoint at step $from_step (its checkpoint_every, keep_checkpoints)" >&2
+  exit 2
+fi
+mkdir -p "$out/$name/checkpoints"
+[ -d "$out/synth" ] || cp -r "$from/../synth" "$out/"
+cp -r "$from/checkpoints/$from_step" "$out/$name/checkpoints/"
+cp "$from/metrics.jsonl" "$out/$name/"
+exec python launch/toy_ladd_sweep.py --out "$out" --eval-every 300 --mismatch shape,color --steps "$to_step" \
+  --run "$name=$overrides"
