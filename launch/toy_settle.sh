@@ -2,7 +2,8 @@
 # Resumes a run of launch/toy_ladd_sweep.py from one of its checkpoints, under other settings, as a new run NAME of
 # the sweep in SWEEP_OUT: how the alignment notes "settle" a long run (rates decayed, a longer EMA, the pairs on or
 # off). The trainer resumes from its workdir's latest checkpoint, so FROM_RUN's checkpoint FROM_STEP is copied there
-# first, with its metrics.jsonl (the curves then run from step 0) and, once per SWEEP_OUT, its data (the same latents).
+# first, with its metrics.jsonl (the curves then run from step 0) and, once per SWEEP_OUT, its data (the same
+# latents).
 #
 #   bash launch/toy_settle.sh SWEEP_OUT NAME FROM_RUN FROM_STEP TO_STEP OVERRIDES
 #   e.g. bash launch/toy_settle.sh runs/x/settle a_settled runs/x/pairs/a 2400 4800 lr_decay=cosine,ema_decay=0.99
