@@ -11,7 +11,7 @@
 #   3. `ladd-jax evaluate` of both runs' students at step 2400 and settled, on the demo's prompts and noise, their
 #      1-step columns, and the curves beside the seed-0 control and random pairs at weight 1, settled the same way
 #      (SETTLED).
-# On 2 CPU cores about 80 minutes (1 and 2 two runs at a time, each about 37 minutes), after those two scripts.
+# On 2 CPU cores about 75 minutes (1 and 2 two runs at a time, 31-36 minutes each), after those two scripts.
 #
 #   bash launch/toy_pairs_weight.sh  # OUT=runs/pairs_weight PAIRS=runs/hard_pairs_long SETTLED=runs/pairs_then_settle
 #   OUT=runs/pairs_weight2 PAIRS_SEED=1 CONTROL_SEED=2 bash launch/toy_pairs_weight.sh  # two more seeds

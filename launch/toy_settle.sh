@@ -22,6 +22,10 @@ fi
 mkdir -p "$out/$name/checkpoints"
 [ -d "$out/synth" ] || cp -r "$from/../synth" "$out/"
 cp -r "$from/checkpoints/$from_step" "$out/$name/checkpoints/"
-cp "$from/metrics.jsonl" "$out/$name/"
+# Its metrics up to FROM_STEP (a run that went on past it logged steps the resumed run will log again).
+python - "$from/metrics.jsonl" "$from_step" > "$out/$name/metrics.jsonl" <<'PY'
+import json, sys
+sys.stdout.writelines(line for line in open(sys.argv[1]) if json.loads(line)["step"] <= int(sys.argv[2]))
+PY
 exec python launch/toy_ladd_sweep.py --out "$out" --eval-every 300 --mismatch shape,color --steps "$to_step" \
   --run "$name=$overrides"
