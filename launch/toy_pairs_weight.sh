@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lighter pairs, and the control at a second seed (ladd_jax/toy/assets/alignment/README.md, "Lighter pairs, and the
+# Lighter pairs, and the control at more seeds (ladd_jax/toy/assets/alignment/README.md, "Lighter pairs, and the
 # control at a second seed"). launch/toy_pairs_then_settle.sh found that random misaligned pairs at weight 1 for 2400
 # steps, then settled without them, lift the held-out 1-step alignment over a control that never had pairs, at one
 # control seed; here:
