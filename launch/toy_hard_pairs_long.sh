@@ -32,8 +32,7 @@ wait "$pairs"  # returns the run's status, so a failed run stops the script (set
 
 # 2. Settled from step 2400 (launch/toy_settle.sh); seed 1 beside it.
 mkdir -p "$OUT/pairs_s1" && cp -r "$OUT/pairs/synth" "$OUT/pairs_s1/"
-bash launch/toy_settle.sh "$OUT/settle" pairs_settled "$OUT/pairs/ns_pairs1" 2400 4800 \
-  "$PAIRS,checkpoint_every=1200,keep_checkpoints=8,lr_decay=cosine,ema_decay=0.99" &
+bash launch/toy_settle.sh "$OUT/settle" pairs_settled "$OUT/pairs/ns_pairs1" 2400 4800 "$PAIRS" &
 settled=$!
 sweep "$OUT/pairs_s1" --steps 2400 --run "ns_pairs1_s1=$PAIRS,checkpoint_every=1200,seed=1"
 wait "$settled"

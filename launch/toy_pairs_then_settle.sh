@@ -17,8 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/pairs_then_settle}
 PAIRS=${PAIRS:-runs/hard_pairs_long}
-SETTLE="loss=non_saturating,misaligned_weight=0.0,checkpoint_every=1200,keep_checkpoints=8,lr_decay=cosine"
-SETTLE="$SETTLE,ema_decay=0.99"
+SETTLE="loss=non_saturating,misaligned_weight=0.0"  # toy_settle.sh adds the settled rates and EMA
 
 # NAME from PAIRS' run SRC at its step 2400, to 4800 (its data, checkpoint and curves copied by toy_settle.sh).
 settle() {

@@ -26,8 +26,7 @@ CONTROL_SEED=${CONTROL_SEED:-1}
 P=random03$([ "$PAIRS_SEED" = 0 ] || echo "_s$PAIRS_SEED")
 C=nopairs_s$CONTROL_SEED
 NS="loss=non_saturating,checkpoint_every=1200"
-SETTLE="loss=non_saturating,misaligned_weight=0.0,checkpoint_every=1200,keep_checkpoints=8,lr_decay=cosine"
-SETTLE="$SETTLE,ema_decay=0.99"
+SETTLE="loss=non_saturating,misaligned_weight=0.0"  # toy_settle.sh adds the settled rates and EMA
 sweep() { python launch/toy_ladd_sweep.py --out "$1" --eval-every 300 --mismatch shape,color "${@:2}"; }
 mkdir -p "$OUT/pairs" "$OUT/control"
 cp -r "$PAIRS/pairs/synth" "$OUT/pairs/" && cp -r "$PAIRS/pairs/synth" "$OUT/control/"
