@@ -240,7 +240,6 @@ class Loader:
         ]
         self.element_spec = self.element_specs[0]
         self.bucket_sizes = [bucket.size for bucket in source.buckets]
-        self.stored_dtypes = {f: manifest["fields"][f]["dtype"] for f in fields}
 
     def __iter__(self) -> Loader:
         return self

@@ -153,11 +153,6 @@ def constrain_batch(x: jax.Array, mesh: Mesh) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim))
 
 
-def shard_like(tree: Any, shardings: Any) -> Any:
-    """device_put of a host tree to the given shardings (params restored or converted on the host)."""
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
-
-
 # The state parts `config.offload` may keep in host memory (each is only read by its own update).
 OFFLOADABLE = ("ema", "g_opt", "d_opt")
 HOST_MEMORY = "pinned_host"

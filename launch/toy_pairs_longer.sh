@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The pairs for longer before settling (ladd_jax/toy/assets/alignment/README.md, "The pairs for longer"). Random
+# misaligned pairs for 2400 steps, then settled without them, left the student above a control never paired on
+# held-out prompts (launch/toy_pairs_then_settle.sh, launch/toy_pairs_weight.sh), and that gain grew with the pairs'
+# steps; here, on launch/toy_hard_pairs_long.sh's runs (PAIRS), twice the pairs' steps:
+#   1. its random-pairs run (seed 0) continued from step 2400 to 4800 as it was (pairs at weight 1, the toy config's
+#      constant rates and EMA 0.95), beside its no-pairs run continued the same way (the control);
+#   2. both resumed from step 4800 to 7200 without pairs, both rates cosine-decayed and EMA 0.99 (toy_settle.sh),
+#      side by side;
+#   3. `ladd-jax evaluate` of both at step 4800 and settled, on the demo's prompts and noise, their 1-step columns,
+#      and the curves.
+# On 2 CPU cores about 80 minutes (1 and 2 two runs at a time, about 37 minutes each), after toy_hard_pairs_long.sh.
+#
+#   bash launch/toy_pairs_longer.sh     # OUT=runs/pairs_longer PAIRS=runs/hard_pairs_long
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/pairs_longer}
+PAIRS=${PAIRS:-runs/hard_pairs_long}
+NS=loss=non_saturating
+ON="$NS,misaligned_weight=1.0,misaligned_source=batch"
+# toy_settle.sh's recipe undone (the toy config's constant rates and EMA): the same run, continued.
+AS_WAS=lr_decay=constant,ema_decay=0.95
+SETTLE="$NS,misaligned_weight=0.0"  # toy_settle.sh adds the settled rates and EMA
+
+# NAME (in its own sweep folder OUT/NAME) from run FROM at FROM_STEP to TO_STEP.
+resume() {
+  bash launch/toy_settle.sh "$OUT/$1" "$1" "$2" "$3" "$4" "$5" > "$OUT/$1.log" 2>&1
+}
+mkdir -p "$OUT"
+
+# 1. (`wait PID` passes a failed background run's status on to `set -e`.)
+resume random_4800 "$PAIRS/random/ns_random1" 2400 4800 "$AS_WAS,$ON" &
+first=$!
+resume nopairs_4800 "$PAIRS/ns/ns" 2400 4800 "$AS_WAS,$NS"
+wait "$first"
+
+# 2.
+resume random_settled "$OUT/random_4800/random_4800" 4800 7200 "$SETTLE" &
+first=$!
+resume nopairs_settled "$OUT/nopairs_4800/nopairs_4800" 4800 7200 "$SETTLE"
+wait "$first"
+
+# 3.
+students=()
+for run in nopairs_4800 nopairs_settled random_4800 random_settled; do
+  students+=(--student "$run=$OUT/$run/$run/student")
+done
+ladd-jax evaluate --out "$OUT/compare" "${students[@]}"
+python launch/toy_grid_columns.py "$OUT/compare" "$OUT/grid_1step.png" --total 18 --columns 0 1 6 9 12 15
+python launch/toy_curves.py "$OUT/curves.png" "no pairs (to 4800), settled=$OUT/nopairs_settled/nopairs_settled" \
+  "random pairs (to 4800), settled without them=$OUT/random_settled/random_settled"
