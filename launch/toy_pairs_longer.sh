@@ -3,20 +3,26 @@
 # misaligned pairs for 2400 steps, then settled without them, left the student above a control never paired on
 # held-out prompts (launch/toy_pairs_then_settle.sh, launch/toy_pairs_weight.sh), and that gain grew with the pairs'
 # steps; here, on launch/toy_hard_pairs_long.sh's runs (PAIRS), twice the pairs' steps:
-#   1. its random-pairs run (seed 0) continued from step 2400 to 4800 as it was (pairs at weight 1, the toy config's
-#      constant rates and EMA 0.95), beside its no-pairs run continued the same way (the control);
+#   1. its random-pairs run (seed 0; PAIRS_RUN) continued from step 2400 to 4800 as it was (pairs at weight 1, the
+#      toy config's constant rates and EMA 0.95), beside its no-pairs run (CONTROL_RUN) continued the same way (the
+#      control);
 #   2. both resumed from step 4800 to 7200 without pairs, both rates cosine-decayed and EMA 0.99 (toy_settle.sh),
 #      side by side;
 #   3. `ladd-jax evaluate` of both at step 4800 and settled, on the demo's prompts and noise, their 1-step columns,
 #      and the curves.
-# On 2 CPU cores about 80 minutes (1 and 2 two runs at a time, about 37 minutes each), after toy_hard_pairs_long.sh.
+# On 2 CPU cores about 75 minutes (1 and 2 two runs at a time, 33-38 minutes each), after toy_hard_pairs_long.sh.
 #
 #   bash launch/toy_pairs_longer.sh     # OUT=runs/pairs_longer PAIRS=runs/hard_pairs_long
+#   OUT=runs/pairs_longer_s1 SEED=1 PAIRS_RUN=runs/pairs_then_settle/pairs/random_s1_pairs \
+#     CONTROL_RUN=runs/pairs_weight/control/nopairs_s1 bash launch/toy_pairs_longer.sh   # the seed-1 runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/pairs_longer}
 PAIRS=${PAIRS:-runs/hard_pairs_long}
-NS=loss=non_saturating
+PAIRS_RUN=${PAIRS_RUN:-$PAIRS/random/ns_random1}
+CONTROL_RUN=${CONTROL_RUN:-$PAIRS/ns/ns}
+SEED=${SEED:-0}  # the seed both 2400-step runs were made with
+NS=loss=non_saturating,seed=$SEED
 ON="$NS,misaligned_weight=1.0,misaligned_source=batch"
 # toy_settle.sh's recipe undone (the toy config's constant rates and EMA): the same run, continued.
 AS_WAS=lr_decay=constant,ema_decay=0.95
@@ -29,9 +35,9 @@ resume() {
 mkdir -p "$OUT"
 
 # 1. (`wait PID` passes a failed background run's status on to `set -e`.)
-resume random_4800 "$PAIRS/random/ns_random1" 2400 4800 "$AS_WAS,$ON" &
+resume random_4800 "$PAIRS_RUN" 2400 4800 "$AS_WAS,$ON" &
 first=$!
-resume nopairs_4800 "$PAIRS/ns/ns" 2400 4800 "$AS_WAS,$NS"
+resume nopairs_4800 "$CONTROL_RUN" 2400 4800 "$AS_WAS,$NS"
 wait "$first"
 
 # 2.
