@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The pairs for longer before settling (ladd_jax/toy/assets/alignment/README.md, "The pairs for longer"). Random
 # misaligned pairs for 2400 steps, then settled without them, left the student above a control never paired on
-# held-out prompts (launch/toy_pairs_then_settle.sh, launch/toy_pairs_weight.sh), and that gain grew with the pairs'
-# steps; here, on launch/toy_hard_pairs_long.sh's runs (PAIRS), twice the pairs' steps:
+# held-out prompts (launch/toy_pairs_then_settle.sh, launch/toy_pairs_weight.sh); does that gain grow with the
+# pairs' steps? Here, on launch/toy_hard_pairs_long.sh's runs (PAIRS), twice the pairs' steps:
 #   1. its random-pairs run (seed 0; PAIRS_RUN) continued from step 2400 to 4800 as it was (pairs at weight 1, the
 #      toy config's constant rates and EMA 0.95), beside its no-pairs run (CONTROL_RUN) continued the same way (the
 #      control);
@@ -24,20 +24,20 @@ CONTROL_RUN=${CONTROL_RUN:-$PAIRS/ns/ns}
 SEED=${SEED:-0}  # the seed both 2400-step runs were made with
 NS=loss=non_saturating,seed=$SEED
 ON="$NS,misaligned_weight=1.0,misaligned_source=batch"
-# toy_settle.sh's recipe undone (the toy config's constant rates and EMA): the same run, continued.
-AS_WAS=lr_decay=constant,ema_decay=0.95
 SETTLE="$NS,misaligned_weight=0.0"  # toy_settle.sh adds the settled rates and EMA
 
-# NAME (in its own sweep folder OUT/NAME) from run FROM at FROM_STEP to TO_STEP.
+# NAME (in its own sweep folder OUT/NAME) from run FROM at FROM_STEP to TO_STEP, settled (toy_settle.sh).
 resume() {
   bash launch/toy_settle.sh "$OUT/$1" "$1" "$2" "$3" "$4" "$5" > "$OUT/$1.log" 2>&1
 }
+# The same, continued at the toy config's own constant rates and EMA: the run as it was.
+continue_run() { SETTLE_RECIPE=checkpoint_every=1200,keep_checkpoints=8 resume "$@"; }
 mkdir -p "$OUT"
 
 # 1. (`wait PID` passes a failed background run's status on to `set -e`.)
-resume random_4800 "$PAIRS_RUN" 2400 4800 "$AS_WAS,$ON" &
+continue_run random_4800 "$PAIRS_RUN" 2400 4800 "$ON" &
 first=$!
-resume nopairs_4800 "$CONTROL_RUN" 2400 4800 "$AS_WAS,$NS"
+continue_run nopairs_4800 "$CONTROL_RUN" 2400 4800 "$NS"
 wait "$first"
 
 # 2.

@@ -2,6 +2,7 @@
 # Resumes a run of launch/toy_ladd_sweep.py from one of its checkpoints, "settled" as the alignment notes settle
 # a long run (both rates cosine-decayed to 0.1x at TO_STEP, EMA 0.99), as a new run NAME of the sweep in
 # SWEEP_OUT; OVERRIDES (the loss, the pairs on or off, the seed) come after that recipe and may change any of it.
+# SETTLE_RECIPE replaces the recipe (e.g. SETTLE_RECIPE=checkpoint_every=1200: the run continued at its own rates).
 # The trainer resumes from its workdir's latest checkpoint, so FROM_RUN's checkpoint FROM_STEP is copied there
 # first, with its metrics.jsonl (the curves then run from step 0) and, once per SWEEP_OUT, its data (the same
 # latents).
@@ -15,7 +16,7 @@ if [ $# -ne 6 ]; then
   exit 2
 fi
 out=$1 name=$2 from=$3 from_step=$4 to_step=$5 overrides=$6
-SETTLED=checkpoint_every=1200,keep_checkpoints=8,lr_decay=cosine,ema_decay=0.99
+RECIPE=${SETTLE_RECIPE-checkpoint_every=1200,keep_checkpoints=8,lr_decay=cosine,ema_decay=0.99}
 if [ ! -d "$from/checkpoints/$from_step" ] || [ ! -d "$from/../synth" ]; then
   echo "$from/checkpoints/$from_step or $from/../synth is missing: FROM_RUN must be a finished toy_ladd_sweep run" \
     "(OUT/NAME) that kept a checkpoint at step $from_step (its checkpoint_every, keep_checkpoints)" >&2
@@ -30,4 +31,4 @@ import json, sys
 sys.stdout.writelines(line for line in open(sys.argv[1]) if json.loads(line)["step"] <= int(sys.argv[2]))
 PY
 exec python launch/toy_ladd_sweep.py --out "$out" --eval-every 300 --mismatch shape,color --steps "$to_step" \
-  --run "$name=$SETTLED${overrides:+,$overrides}"
+  --run "$name=$RECIPE${overrides:+,$overrides}"
