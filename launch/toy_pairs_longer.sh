@@ -3,7 +3,7 @@
 # misaligned pairs for 2400 steps, then settled without them, left the student above a control never paired on
 # held-out prompts (launch/toy_pairs_then_settle.sh, launch/toy_pairs_weight.sh); does that gain grow with the
 # pairs' steps? Here, on launch/toy_hard_pairs_long.sh's runs (PAIRS), at step FROM (2400), LENGTH (2400) more:
-#   1. its random-pairs run (seed 0; PAIRS_RUN) continued from step FROM to MID = FROM + LENGTH as it was (pairs at
+#   1. its random-pairs run (seed SEED; PAIRS_RUN) continued from step FROM to MID = FROM + LENGTH as it was (pairs at
 #      weight 1, the toy config's constant rates and EMA 0.95), beside its no-pairs run (CONTROL_RUN) continued the
 #      same way (the control);
 #   2. both resumed from step MID to MID + LENGTH without pairs, both rates cosine-decayed and EMA 0.99
