@@ -11,13 +11,16 @@
 #   3. `ladd-jax evaluate` of both at step MID and settled, on the demo's prompts and noise, their 1-step columns,
 #      and the curves.
 # On 2 CPU cores about 75 minutes (1 and 2 two runs at a time, 33-38 minutes each), after toy_hard_pairs_long.sh.
-# FROM=4800 on this script's own step-4800 runs: the pairs to 7200, then settled to 9600 (the last example).
+# FROM=4800 on this script's own step-4800 runs: the pairs to 7200, then settled to 9600; FROM=7200 on those: to 9600,
+# settled to 12000 (the last two examples).
 #
 #   bash launch/toy_pairs_longer.sh     # OUT=runs/pairs_longer PAIRS=runs/hard_pairs_long
 #   OUT=runs/pairs_longer_s1 SEED=1 PAIRS_RUN=runs/pairs_then_settle/pairs/random_s1_pairs \
 #     CONTROL_RUN=runs/pairs_weight/control/nopairs_s1 bash launch/toy_pairs_longer.sh   # the seed-1 runs
 #   OUT=runs/pairs_longer2 FROM=4800 PAIRS_RUN=runs/pairs_longer/random_4800/random_4800 \
 #     CONTROL_RUN=runs/pairs_longer/nopairs_4800/nopairs_4800 bash launch/toy_pairs_longer.sh   # to 7200, settled
+#   OUT=runs/pairs_longer3 FROM=7200 PAIRS_RUN=runs/pairs_longer2/random_7200/random_7200 \
+#     CONTROL_RUN=runs/pairs_longer2/nopairs_7200/nopairs_7200 bash launch/toy_pairs_longer.sh   # to 9600, settled
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/pairs_longer}
