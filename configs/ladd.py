@@ -106,6 +106,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The CFG scale of that estimate (1: the teacher unguided, as ADD). Above 1 it pulls the student toward what a
     # guided teacher draws for the prompt: SDS with guidance (DreamFusion), DMD's guided real score, for alignment.
     c.distill_cfg = 1.0
+    # >0: DMD's regression anchor (Yin et al. 2024): the student's 1-step image of each latent's stored noise
+    # (`ladd-jax synth`'s ODE pairs) regressed on that latent, at this weight, to keep a distribution-matching
+    # student from crowding its samples together; a student pass of its own per step. 0: as LADD and DMD2.
+    c.anchor_weight = 0.0
 
     # Optimisers (AdamW, linear warm-up then constant; unconfirmed).
     c.g_lr = 1e-5

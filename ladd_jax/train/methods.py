@@ -58,6 +58,11 @@ def method(config: ml_collections.ConfigDict) -> str:
         raise LaddError("lcm has no discriminator: set adv_weight=0 (or train method d2g/ladd for an adversarial term)")
     if name == "lcm" and config.get("conditioned"):
         raise LaddError("lcm takes no conditioning latents yet; distil a conditioned teacher with ladd, add or d2g")
+    if name in ("lcm", "d2g") and config.get("anchor_weight", 0.0):
+        raise LaddError(
+            f"config.anchor_weight={config.anchor_weight}: {name} has no regression anchor (d2g regresses the ODE "
+            "pairs itself, with regression.mse_weight); set anchor_weight=0, or train method ladd or dmd"
+        )
     if name == "dmd" and not config.distill_weight:
         raise LaddError("dmd's loss is weighted by distill_weight: set it above 0 (configs/dmd.py: 1)")
     if config.misaligned_source not in MISALIGNED_SOURCES:
@@ -119,7 +124,8 @@ def second_network_optimizer(config: ml_collections.ConfigDict) -> optax.Gradien
 def batch_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The record fields a step reads: regression also needs the noise each teacher latent came from, and a
     conditioned model its conditioning latents."""
-    extra = (("noise",) if method(config) == "d2g" else ()) + ((COND_FIELD,) if config.get("conditioned") else ())
+    regresses = method(config) == "d2g" or config.get("anchor_weight", 0.0)
+    extra = (("noise",) if regresses else ()) + ((COND_FIELD,) if config.get("conditioned") else ())
     if uses_heads(config) and config.misaligned_weight and config.misaligned_source == "records":
         extra += MISMATCH_FIELDS
     return BATCH_FIELDS + extra

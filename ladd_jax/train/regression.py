@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ladd_jax.flow import denoise
 from ladd_jax.models.latent_perceptual import AugmentConfig, perceptual_distance
 from ladd_jax.train.steps import Draws, Game, Objective
 
@@ -37,9 +36,7 @@ class RegressionGame(Game):
 
     def generate(self, student_params: Any) -> jax.Array:
         """x0_hat = z - student(z, 1): one step from the stored noise."""
-        _, ctx, pooled = self.inputs
-        z, t = self.batch["noise"], self.draws["t"]
-        return denoise(z, self.models.apply_student(student_params, self.frozen, self.with_cond(z), t, ctx, pooled), t)
+        return self.one_step(student_params)
 
     def sample_terms(self, x0_hat: jax.Array) -> Objective:
         """The regression to the stored ODE output (MSE, and the latent perceptual distance when weighted); LADD's

@@ -12,9 +12,11 @@ regression game are subclasses, train/add.py and train/regression.py) with the o
                         misaligned: real latents under text they do not match, as fakes
                         d_renoise: each update after the first re-noises x0 and x0_hat afresh (t_hat, eps)
                         the teacher's features enter as constants: no gradient of the teacher is computed
-    G step:             student <- student - grad_student [g_loss(D(fake(student)))  (+ lambda * distill)],
+    G step:             student <- student - grad_student [g_loss(D(fake(student)))  (+ lambda * distill)
+                                                            (+ anchor_weight * ||one_step(z) - x0||^2)],
                         the gradient reaches the student through the teacher's activations; the teacher's
-                        params are closed over, so no gradient w.r.t. them exists
+                        params are closed over, so no gradient w.r.t. them exists; the anchor regresses the
+                        student's 1-step image of each latent's stored noise z on that latent (DMD's ODE pairs)
     The student's forward pass and the teacher's pass on its samples each run once (one jax.vjp each): their
     outputs are constants for D, and their vjps carry the G step's gradient back (the heads change in between,
     the student, the teacher and their inputs do not).
@@ -220,6 +222,28 @@ class Game:
         v = self.models.apply_student(student_params, self.frozen, self.with_cond(x_t), t, ctx, pooled)
         return constrain_batch(denoise(x_t, v, t), self.mesh)
 
+    def one_step(self, student_params: Any) -> jax.Array:
+        """x0_hat = z - student(z, 1) from the noise z each teacher latent was sampled from (`ladd-jax synth` stores
+        the ODE pair (z, x0)): the student's 1-step image of the teacher's own noise."""
+        _, ctx, pooled = self.inputs
+        z = self.batch["noise"]
+        t = jnp.ones(z.shape[:1], jnp.float32)
+        return denoise(z, self.models.apply_student(student_params, self.frozen, self.with_cond(z), t, ctx, pooled), t)
+
+    def anchored(self, student_params: Any, total: jax.Array, aux: dict, grads: Any) -> tuple[jax.Array, dict, Any]:
+        """The G loss, its parts and its gradient with DMD's regression anchor added (Yin et al. 2024; anchor_weight
+        > 0, else as given): anchor_weight * mean ||one_step(z) - x0||^2 on the batch's stored ODE pairs, from a
+        student pass of its own (the G step's samples start from fresh noise at the student's times, these from
+        the stored noise at t = 1)."""
+        weight = self.config.get("anchor_weight", 0.0)
+        if not weight:
+            return total, aux, grads
+        x0 = jax.lax.stop_gradient(self.inputs[0]).astype(jnp.float32)
+        mse = lambda params: jnp.mean(jnp.square(self.one_step(params).astype(jnp.float32) - x0))
+        anchor, anchor_grads = jax.value_and_grad(mse)(student_params)
+        grads = jax.tree.map(lambda g, a: g + weight * a, grads, anchor_grads)
+        return total + weight * anchor, dict(aux, anchor=anchor), grads
+
     def features(self, x0_like: jax.Array, eps: jax.Array, c: jax.Array, p: jax.Array) -> tuple[jax.Array, ...]:
         """The teacher's features of `x0_like` re-noised to t_hat (its params closed over: no gradient to them),
         guided with CFG scale disc.feature_cfg (disc.feature_cfg_t1 for the pairs whose student time is 1)."""
@@ -378,6 +402,7 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         if config.train_student:  # otherwise the heads alone learn against the fixed student (a diagnostic)
             (g_total, g_aux), x0_grad = play.g_gradient(disc, x0_hat, fake, fake_pull_back)
             (g_grads,) = pull_back(x0_grad)
+            g_total, g_aux, g_grads = play.anchored(student, g_total, g_aux, g_grads)
             updates, g_opt = models.g_tx.update(g_grads, on_device(g_opt), student)
             student = optax.apply_updates(student, updates)
             g_metrics = dict(g_total=g_total, g_grad_norm=optax.tree.norm(g_grads), **g_aux)
@@ -412,6 +437,7 @@ def make_step_gradients(config: ml_collections.ConfigDict, models: Models, mesh:
         (d_total, d_aux), d_grads = jax.value_and_grad(game.d_objective_of(x0_hat, fake), has_aux=True)(heads)
         (g_total, g_aux), x0_grad = game.g_gradient(heads, x0_hat, fake, fake_pull_back)
         (g_grads,) = pull_back(x0_grad)
+        g_total, g_aux, g_grads = game.anchored(student, g_total, g_aux, g_grads)
         return dict(d_loss=d_total, g_total=g_total, **d_aux, **g_aux), d_grads, g_grads
 
     return step_gradients

@@ -1,0 +1,59 @@
+"""DMD's regression anchor (config.anchor_weight, train/steps.py `Game.anchored`): the student's 1-step image of each
+latent's stored noise regressed on that latent, added to the G step's loss and gradient and nothing else."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_conditioning import SHAPES
+from test_methods import one_step
+from test_step_metrics import setup
+from test_train import tiny_config
+
+from ladd_jax.errors import LaddError
+from ladd_jax.train import methods, sharding
+from ladd_jax.train.steps import make_step_gradients, step_draws
+
+WEIGHT = 0.5
+
+
+def test_anchor_adds_the_regression_of_the_stored_pairs_to_the_g_step(tmp_path):
+    c, models, teacher, heads, batch = setup(tmp_path, anchor_weight=WEIGHT)
+    batch["noise"] = np.random.default_rng(1).standard_normal(SHAPES["latent"], dtype=np.float32)
+    plain = c.copy_and_resolve_references()
+    plain.anchor_weight = 0.0
+    draws = step_draws(c, jnp.zeros((), jnp.int32), jax.random.key(0), SHAPES["latent"])
+    mesh = sharding.make_mesh()
+    args = (teacher, heads, teacher, batch, draws)
+    losses, d_grads, g_grads = jax.jit(make_step_gradients(c, models, mesh))(*args)
+    base, base_d_grads, base_g_grads = jax.jit(make_step_gradients(plain, models, mesh))(*args)
+
+    x0, ctx, pooled, z = (batch[k] for k in ("latent", "context", "pooled", "noise"))
+    ones = jnp.ones(len(z))
+    by_hand = lambda p: jnp.mean((z - models.student.apply({"params": p}, z, ones, ctx, pooled) - x0) ** 2)
+    mse, mse_grads = jax.value_and_grad(by_hand)(teacher)
+    np.testing.assert_allclose(losses["anchor"], mse, rtol=1e-5)
+    np.testing.assert_allclose(losses["g_total"], base["g_total"] + WEIGHT * mse, rtol=1e-5)
+    for a, b, m in zip(*(jax.tree.leaves(g) for g in (g_grads, base_g_grads, mse_grads)), strict=True):
+        np.testing.assert_allclose(a, b + WEIGHT * m, rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(d_grads), jax.tree.leaves(base_d_grads), strict=True):
+        np.testing.assert_array_equal(a, b)  # the heads' objective does not see it
+    assert mse > 0 and "anchor" not in base
+
+
+def test_anchor_reads_the_stored_noise_through_the_loader(world):
+    """A DMD run with the anchor: the loader brings each latent's noise, and the logged G loss is DMD's plus the
+    anchor's."""
+    c = tiny_config(world, "dmd", d_steps=1, lr_warmup_steps=1, anchor_weight=WEIGHT)
+    assert "noise" in methods.batch_fields(c)
+    metrics = one_step(c)[3]
+    assert metrics["anchor"] > 0
+    np.testing.assert_allclose(metrics["g_total"], metrics["dmd"] + WEIGHT * metrics["anchor"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lcm", "d2g"])
+def test_anchor_is_refused_where_it_has_no_place(world, name):
+    with pytest.raises(LaddError, match=f"{name} has no regression anchor"):
+        methods.method(tiny_config(world, name, anchor_weight=WEIGHT))
