@@ -30,16 +30,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown d2g loss {loss!r}; choose one of {sorted(LOSSES)} (e.g. configs/d2g.py:toy-lpips)")
     c = load_config_file(Path(__file__).with_name("ladd.py"), variant)
     c.method = "d2g"
-    # The latent feature network folder (LOSS lpips and gan); the toy variant uses the shipped toy network.
+    # The latent feature network folder (LOSS lpips and gan; the distance's ensemble: config.perceptual); the toy
+    # variant uses the shipped toy network.
     c.features = str(TOY_ASSETS / "latent_features") if variant == "toy" else ""
     c.regression = ml_collections.ConfigDict()
     # Diffusion2GAN weighs its GAN term 0.05-0.1 against E-LatentLPIPS at SD scale; adv_weight is that weight.
     c.regression.mse_weight, c.regression.perceptual_weight, c.adv_weight = LOSSES[loss]
-    c.regression.num_draws = 4  # augmentation draws per distance (the ensemble)
-    c.regression.augment = ml_collections.ConfigDict()
-    c.regression.augment.translate = 2  # latent pixels
-    c.regression.augment.cutout = 0.25  # fraction of each side
-    c.regression.augment.flip = False  # captions name left and right: a flip would change what both inputs show
     c.student.timesteps, c.student.probs, c.student.warmup_probs = (1.0,), (1.0,), (1.0,)  # one step, from noise
     c.b1 = 0.9  # Adam's default: a regression (the adversarial games use b1 = 0)
     return c

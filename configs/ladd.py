@@ -110,6 +110,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (`ladd-jax synth`'s ODE pairs) regressed on that latent, at this weight, to keep a distribution-matching
     # student from crowding its samples together; a student pass of its own per step. 0: as LADD and DMD2.
     c.anchor_weight = 0.0
+    # Its distance: "mse", or "perceptual" (DMD's LPIPS: the ensembled latent perceptual distance of configs/d2g.py's
+    # lpips loss, with `perceptual`'s settings and the latent feature network `features`).
+    c.anchor_distance = "mse"
+    # A frozen feature network folder: ADD's pixel features (configs/add.py), or the latent perceptual distance's
+    # network (d2g's lpips loss, the perceptual anchor; the toy world's: `python -m ladd_jax.toy.latent_features`).
+    c.features = ""
+    # The latent perceptual distance's ensemble (Diffusion2GAN's E-LatentLPIPS): random augmentations, each applied
+    # alike to both compared latents, the distance averaged over the draws.
+    c.perceptual = ml_collections.ConfigDict()
+    c.perceptual.num_draws = 4  # augmentation draws per distance (the ensemble)
+    c.perceptual.augment = ml_collections.ConfigDict()
+    c.perceptual.augment.translate = 2  # latent pixels
+    c.perceptual.augment.cutout = 0.25  # fraction of each side
+    c.perceptual.augment.flip = False  # captions name left and right: a flip would change what both inputs show
 
     # Optimisers (AdamW, linear warm-up then constant; unconfirmed).
     c.g_lr = 1e-5

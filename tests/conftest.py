@@ -168,3 +168,16 @@ def bucket_world(world, tmp_path_factory) -> dict[str, Path]:
         bucket_column="bucket",
     )
     return dict(teacher=world["teacher"], data=root / "data")
+
+
+@pytest.fixture(scope="session")
+def latent_features(tmp_path_factory) -> str:
+    """A tiny random latent feature network folder (the perceptual distance's: d2g's lpips loss, the anchor's)."""
+    import jax
+
+    from ladd_jax.models.latent_perceptual import LatentFeatureConfig, init_latent_features, save_latent_features
+
+    folder = tmp_path_factory.mktemp("latent_features") / "net"
+    config = LatentFeatureConfig(in_channels=16, channels=(8, 16), blocks=1, groups=4)
+    save_latent_features(folder, config, init_latent_features(config, jax.random.key(1)), {})
+    return str(folder)

@@ -14,7 +14,7 @@ from test_train import tiny_config
 
 from ladd_jax.errors import LaddError
 from ladd_jax.train import methods, sharding
-from ladd_jax.train.steps import make_step_gradients, step_draws
+from ladd_jax.train.steps import AUGMENT_KEY, make_step_gradients, step_draws
 
 WEIGHT = 0.5
 
@@ -53,7 +53,32 @@ def test_anchor_reads_the_stored_noise_through_the_loader(world):
     np.testing.assert_allclose(metrics["g_total"], metrics["dmd"] + WEIGHT * metrics["anchor"], rtol=1e-5)
 
 
+def test_perceptual_anchor_is_the_latent_perceptual_distance_of_the_pairs(world, latent_features):
+    """anchor_distance "perceptual" (DMD's LPIPS): the ensembled latent perceptual distance of the student's 1-step
+    image of the stored noise to the stored latent, under the step's augmentation draws."""
+    from ladd_jax.models.latent_perceptual import AugmentConfig, load_latent_features, perceptual_distance
+
+    over = dict(d_steps=1, lr_warmup_steps=1, anchor_weight=WEIGHT, anchor_distance="perceptual")
+    c = tiny_config(world, "dmd", features=latent_features, **over)
+    setup, state, _, metrics, batch, key = one_step(c)
+    x0, ctx, pooled, z = (batch[k] for k in ("latent", "context", "pooled", "noise"))
+    x0_hat = z - setup.models.student.apply({"params": state.student}, z, jnp.ones(len(z)), ctx, pooled)
+    net_config, params = load_latent_features(latent_features)
+    augment = AugmentConfig(**c.perceptual.augment)
+    draw = jax.random.fold_in(jax.random.fold_in(key, 0), AUGMENT_KEY)
+    want = perceptual_distance(net_config, params, x0_hat, x0, draw, c.perceptual.num_draws, augment)
+    np.testing.assert_allclose(metrics["anchor"], jnp.mean(want), rtol=1e-4)
+    np.testing.assert_allclose(metrics["g_total"], metrics["dmd"] + WEIGHT * metrics["anchor"], rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["lcm", "d2g"])
 def test_anchor_is_refused_where_it_has_no_place(world, name):
     with pytest.raises(LaddError, match=f"{name} has no regression anchor"):
         methods.method(tiny_config(world, name, anchor_weight=WEIGHT))
+
+
+def test_anchor_settings_are_checked(world):
+    with pytest.raises(LaddError, match="anchor_distance"):
+        methods.method(tiny_config(world, "dmd", anchor_distance="l1"))
+    with pytest.raises(LaddError, match="use anchor_distance='mse' with method add"):
+        methods.method(tiny_config(world, "add", anchor_weight=WEIGHT, anchor_distance="perceptual"))

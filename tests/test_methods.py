@@ -22,11 +22,10 @@ from ladd_jax.train.writer import read_metrics
 
 
 @pytest.fixture(scope="module")
-def features(tmp_path_factory) -> dict[str, str]:
+def features(tmp_path_factory, latent_features) -> dict[str, str]:
     """Tiny random feature networks: a transformers-layout Dinov2 folder (ADD) and a latent feature folder (d2g)."""
     from ladd_jax.convert.dinov2 import save_dinov2
     from ladd_jax.models.dinov2 import Dinov2, Dinov2Config
-    from ladd_jax.models.latent_perceptual import LatentFeatureConfig, init_latent_features, save_latent_features
 
     root = tmp_path_factory.mktemp("features")
     dino = Dinov2Config(
@@ -34,9 +33,7 @@ def features(tmp_path_factory) -> dict[str, str]:
     )
     params = Dinov2(dino).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     save_dinov2(dino, params, root / "dino")
-    latent = LatentFeatureConfig(in_channels=16, channels=(8, 16), blocks=1, groups=4)
-    save_latent_features(root / "latent", latent, init_latent_features(latent, jax.random.key(1)), {})
-    return dict(dino=str(root / "dino"), latent=str(root / "latent"))
+    return dict(dino=str(root / "dino"), latent=latent_features)
 
 
 METHOD_CONFIGS = {  # name -> (config file, overrides); features: which folder

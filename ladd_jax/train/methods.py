@@ -32,6 +32,7 @@ from ladd_jax.train.state import Models, optimizer
 from ladd_jax.train.steps import BATCH_FIELDS, COND_FIELD, MISALIGNED_SOURCES, StepFn, make_train_step
 
 METHODS = ("ladd", "add", "lcm", "d2g", "dmd")
+ANCHOR_DISTANCES = ("mse", "perceptual")  # config.anchor_distance
 # The methods whose D phase has no re-noised teacher features for config.d_renoise to draw afresh, and why.
 RENOISE_FREE = {
     "add": "ADD's heads read a pixel feature network on clean images",
@@ -62,6 +63,13 @@ def method(config: ml_collections.ConfigDict) -> str:
         raise LaddError(
             f"config.anchor_weight={config.anchor_weight}: {name} has no regression anchor (d2g regresses the ODE "
             "pairs itself, with regression.mse_weight); set anchor_weight=0, or train method ladd or dmd"
+        )
+    if config.get("anchor_distance", "mse") not in ANCHOR_DISTANCES:
+        raise LaddError(f"config.anchor_distance={config.anchor_distance!r}: use one of {ANCHOR_DISTANCES}")
+    if name == "add" and config.get("anchor_weight", 0.0) and config.anchor_distance == "perceptual":
+        raise LaddError(
+            "config.anchor_distance='perceptual' needs config.features to name a latent feature network, and ADD's "
+            "names its pixel feature network: use anchor_distance='mse' with method add (or train method ladd or dmd)"
         )
     if name == "dmd" and not config.distill_weight:
         raise LaddError("dmd's loss is weighted by distill_weight: set it above 0 (configs/dmd.py: 1)")
@@ -171,7 +179,8 @@ def _method_networks(config: ml_collections.ConfigDict, teacher_folder: Path | N
 
         what = "a transformers Dinov2 folder: DINOv2, or the toy world's pixel feature network"
         return load_add_networks(config, teacher_folder, _require(config, "features", what))
-    if name == "d2g" and config.regression.perceptual_weight:
+    perceptual_anchor = config.get("anchor_weight", 0.0) and config.anchor_distance == "perceptual"
+    if (name == "d2g" and config.regression.perceptual_weight) or perceptual_anchor:
         from ladd_jax.models.latent_perceptual import LatentFeatureNet, load_latent_features
 
         what = "a latent feature network folder (the toy world's: python -m ladd_jax.toy.latent_features)"

@@ -6,7 +6,7 @@ x0_hat = z - 1 * student(z, t = 1)      z: the noise each teacher latent x0 was 
 G loss = mse_weight * mean ||x0_hat - x0||^2
        + perceptual_weight * E_aug d(aug(x0_hat), aug(x0))      an ensembled latent perceptual distance
          (models/latent_perceptual.py): a frozen latent feature network, the same random augmentation on
-         both inputs, averaged over `num_draws` draws (Diffusion2GAN's E-LatentLPIPS, our own network)
+         both inputs, averaged over perceptual.num_draws draws (Diffusion2GAN's E-LatentLPIPS, our own network)
        + adv_weight * LADD's adversarial term                   (c) regression + GAN: the teacher-feature
          heads play on x0_hat exactly as in LADD (D step included); adv_weight = 0 skips heads and D step
 """
@@ -19,20 +19,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ladd_jax.models.latent_perceptual import AugmentConfig, perceptual_distance
 from ladd_jax.train.steps import Draws, Game, Objective
-
-AUGMENT_KEY = 7  # fold_in tag of the augmentation key, apart from LADD's draws
 
 
 class RegressionGame(Game):
     @classmethod
     def step_draws(cls, config: ml_collections.ConfigDict, step: jax.Array, key: jax.Array, shape: tuple) -> Draws:
-        """LADD's draws (its heads re-noise at t_hat) and the augmentation key's data (arrays only, so draws stay
-        convertible like LADD's); the student's own time is always 1."""
+        """LADD's draws (its heads re-noise at t_hat); the student's own time is always 1."""
         draws = super().step_draws(config, step, key, shape)
-        augment = jax.random.fold_in(jax.random.fold_in(key, step), AUGMENT_KEY)
-        return dict(draws, t=jnp.ones_like(draws["t"]), augment=jax.random.key_data(augment))
+        return dict(draws, t=jnp.ones_like(draws["t"]))
 
     def generate(self, student_params: Any) -> jax.Array:
         """x0_hat = z - student(z, 1): one step from the stored noise."""
@@ -47,12 +42,6 @@ class RegressionGame(Game):
         aux["mse"] = jnp.mean(jnp.square(x0_hat.astype(jnp.float32) - target))
         loss = loss + r.mse_weight * aux["mse"]
         if r.perceptual_weight:
-            augment = AugmentConfig(translate=r.augment.translate, cutout=r.augment.cutout, flip=r.augment.flip)
-            key = jax.random.wrap_key_data(self.draws["augment"])
-            net = self.models.features
-            distance = perceptual_distance(
-                net.config, self.frozen["features"], x0_hat, target, key, r.num_draws, augment
-            )
-            aux["perceptual"] = jnp.mean(distance)
+            aux["perceptual"] = jnp.mean(self.perceptual(x0_hat, target))
             loss = loss + r.perceptual_weight * aux["perceptual"]
         return loss, aux

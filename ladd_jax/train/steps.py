@@ -48,6 +48,7 @@ from jax.sharding import PartitionSpec as P
 
 from ladd_jax.data.records import MISMATCH_FIELDS
 from ladd_jax.flow import add_noise, cfg_combine, denoise, sample_logit_normal, shift_sigma
+from ladd_jax.models.latent_perceptual import AugmentConfig, perceptual_distance
 from ladd_jax.train.losses import Logits, d_accuracy, d_loss_parts, distill_loss, g_loss, r1_penalty
 from ladd_jax.train.sharding import constrain_batch, on_device, sharded_trace
 from ladd_jax.train.state import Models, TrainState
@@ -60,6 +61,7 @@ COND_FIELD = "cond"
 MISALIGNED_SOURCES = ("batch", "records")
 Draws = dict[str, jax.Array]  # see `step_draws`
 RENOISE_KEY = 6  # fold_in tag of the D updates' own re-noising draws (config.d_renoise), apart from the six above
+AUGMENT_KEY = 7  # fold_in tag of the perceptual distance's augmentations (regression, the anchor), apart from both
 Frozen = dict[str, Any]  # the frozen networks' params, by name ("teacher", ...)
 Features = dict[str, tuple[jax.Array, ...]]  # the D step's teacher features: real, fake (and misaligned)
 Objective = tuple[jax.Array, dict[str, jax.Array]]  # (loss, its parts)
@@ -81,8 +83,10 @@ def step_draws(config: ml_collections.ConfigDict, step: jax.Array, key: jax.Arra
 
     t: student times [B]; eps: the noise of x_t; t_hat: the teacher's times [B]; eps_real / eps_fake: the noise
     re-noising real latents / the student's samples; t_distill: the times of the distillation loss [B] (drawn
-    always, used only when distill_weight > 0). With config.d_renoise, d_t_hat / d_eps_real / d_eps_fake
-    [d_steps - 1, ...]: the re-noising of the D updates after the first.
+    always, used only when distill_weight > 0); augment: the key data of the perceptual distance's augmentations
+    (used only by a regression to the ODE pairs; arrays only, so that draws stay convertible). With
+    config.d_renoise, d_t_hat / d_eps_real / d_eps_fake [d_steps - 1, ...]: the re-noising of the D updates after
+    the first.
     """
     b = x0_shape[0]
     step_key = jax.random.fold_in(key, step)
@@ -94,6 +98,7 @@ def step_draws(config: ml_collections.ConfigDict, step: jax.Array, key: jax.Arra
         eps_real=jax.random.normal(k_real, x0_shape),
         eps_fake=jax.random.normal(k_fake, x0_shape),
         t_distill=jax.random.uniform(k_dist, (b,)),
+        augment=jax.random.key_data(jax.random.fold_in(step_key, AUGMENT_KEY)),
     )
     renoisings = config.d_steps - 1 if config.get("d_renoise", False) else 0
     if renoisings > 0:  # from a key of their own, so the draws above are the same with or without them
@@ -239,10 +244,22 @@ class Game:
         if not weight:
             return total, aux, grads
         x0 = jax.lax.stop_gradient(self.inputs[0]).astype(jnp.float32)
-        mse = lambda params: jnp.mean(jnp.square(self.one_step(params).astype(jnp.float32) - x0))
-        anchor, anchor_grads = jax.value_and_grad(mse)(student_params)
+        if self.config.anchor_distance == "perceptual":
+            distance = lambda params: jnp.mean(self.perceptual(self.one_step(params), x0))
+        else:
+            distance = lambda params: jnp.mean(jnp.square(self.one_step(params).astype(jnp.float32) - x0))
+        anchor, anchor_grads = jax.value_and_grad(distance)(student_params)
         grads = jax.tree.map(lambda g, a: g + weight * a, grads, anchor_grads)
         return total + weight * anchor, dict(aux, anchor=anchor), grads
+
+    def perceptual(self, x: jax.Array, target: jax.Array) -> jax.Array:
+        """The ensembled latent perceptual distance [B] of x to `target` (a constant) under the frozen latent feature
+        network ("features"), the augmentations drawn from the step's `augment` key (config.perceptual)."""
+        p = self.config.perceptual
+        augment = AugmentConfig(translate=p.augment.translate, cutout=p.augment.cutout, flip=p.augment.flip)
+        key = jax.random.wrap_key_data(self.draws["augment"])
+        net = self.models.features
+        return perceptual_distance(net.config, self.frozen["features"], x, target, key, p.num_draws, augment)
 
     def features(self, x0_like: jax.Array, eps: jax.Array, c: jax.Array, p: jax.Array) -> tuple[jax.Array, ...]:
         """The teacher's features of `x0_like` re-noised to t_hat (its params closed over: no gradient to them),
