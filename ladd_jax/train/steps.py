@@ -13,7 +13,7 @@ regression game are subclasses, train/add.py and train/regression.py) with the o
                         d_renoise: each update after the first re-noises x0 and x0_hat afresh (t_hat, eps)
                         the teacher's features enter as constants: no gradient of the teacher is computed
     G step:             student <- student - grad_student [g_loss(D(fake(student)))  (+ lambda * distill)
-                                                            (+ anchor_weight * ||one_step(z) - x0||^2)],
+                                                            (+ anchor_weight * d(one_step(z), x0))],
                         the gradient reaches the student through the teacher's activations; the teacher's
                         params are closed over, so no gradient w.r.t. them exists; the anchor regresses the
                         student's 1-step image of each latent's stored noise z on that latent (DMD's ODE pairs)
@@ -237,8 +237,8 @@ class Game:
 
     def anchored(self, student_params: Any, total: jax.Array, aux: dict, grads: Any) -> tuple[jax.Array, dict, Any]:
         """The G loss, its parts and its gradient with DMD's regression anchor added (Yin et al. 2024; anchor_weight
-        > 0, else as given): anchor_weight * mean ||one_step(z) - x0||^2 on the batch's stored ODE pairs, from a
-        student pass of its own (the G step's samples start from fresh noise at the student's times, these from
+        > 0, else as given): anchor_weight * the mean distance of one_step(z) to x0 on the batch's stored ODE pairs
+        (squared error, or the perceptual distance: anchor_distance), from a student pass of its own (the G step's samples start from fresh noise at the student's times, these from
         the stored noise at t = 1)."""
         weight = self.config.get("anchor_weight", 0.0)
         if not weight:
