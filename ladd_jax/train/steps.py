@@ -238,8 +238,8 @@ class Game:
     def anchored(self, student_params: Any, total: jax.Array, aux: dict, grads: Any) -> tuple[jax.Array, dict, Any]:
         """The G loss, its parts and its gradient with DMD's regression anchor added (Yin et al. 2024; anchor_weight
         > 0, else as given): anchor_weight * the mean distance of one_step(z) to x0 on the batch's stored ODE pairs
-        (squared error, or the perceptual distance: anchor_distance), from a student pass of its own (the G step's samples start from fresh noise at the student's times, these from
-        the stored noise at t = 1)."""
+        (squared error, or the perceptual distance: anchor_distance), from a student pass of its own (the G
+        step's samples start from fresh noise at the student's times, these from the stored noise at t = 1)."""
         weight = self.config.get("anchor_weight", 0.0)
         if not weight:
             return total, aux, grads
