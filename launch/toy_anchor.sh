@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# DMD's regression anchor (config.anchor_weight, anchor_distance; ladd_jax/toy/assets/alignment/README.md, "DMD's
+# regression anchor"): the student's 1-step image of each synthetic latent's stored noise regressed on that latent,
+# beside the cheaper DMD + LADD-heads mix of launch/toy_fast_mix.sh (its fast_e recipe: batch 8, 2 fake-score updates,
+# 3x the rate, fake score at 1e-3, EMA 0.99, both rates cosine-decayed over the run) and beside LADD at the demo's
+# 150 steps. Asks whether the anchor, DMD's cure for its samples crowding together, buys the mix its FD bounds in the
+# minutes where the mix already has its alignment. On the demo's 512 synthetic latents; `ladd-jax evaluate` on the
+# demo's prompts and noise, a column grid and the probe curves.
+# On 2 CPU cores: about 95 minutes of training, 9 of evaluation.
+#
+#   bash launch/toy_anchor.sh            # OUT=runs/anchor
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/anchor}
+sweep() { python launch/toy_ladd_sweep.py --out "$OUT" "$@"; }
+fast=adv_weight=0.1,batch_size=8,d_steps=2,g_lr=3e-4,dmd.fake_score_lr=1e-3,ema_decay=0.99,lr_decay=cosine
+fast=$fast,checkpoint_every=300,keep_checkpoints=8
+lat=features=ladd_jax/toy/assets/latent_features  # the perceptual distance's network
+# 1200 steps (the cosine over 1200): the mix, with the squared-error anchor at 1 and 0.25, with the perceptual one.
+sweep --steps 1200 --eval-every 100 --run "fa1@dmd:toy=$fast,anchor_weight=1.0" --run "fe@dmd:toy=$fast" \
+  --run "fa25@dmd:toy=$fast,anchor_weight=0.25"
+sweep --steps 1200 --eval-every 100 --run "fp1@dmd:toy=$fast,anchor_weight=1.0,anchor_distance=perceptual,$lat" \
+  --run "fp025@dmd:toy=$fast,anchor_weight=0.25,anchor_distance=perceptual,$lat"
+# LADD's toy config at the demo's 150 steps with the anchor.
+sweep --steps 150 --eval-every 10 --run "ladd_a1=anchor_weight=1.0" --run "ladd_a4=anchor_weight=4.0"
+# The squared-error anchor at 0.25 and 0.1 over 2400 steps (the cosine over 2400), as the cheaper mix's 14-minute
+# runs.
+sweep --steps 2400 --eval-every 200 --run "fa25_2400@dmd:toy=$fast,anchor_weight=0.25,checkpoint_every=600"
+sweep --steps 2400 --eval-every 200 --run "fa10_2400@dmd:toy=$fast,anchor_weight=0.1,checkpoint_every=600"
+ladd-jax evaluate --out "$OUT/compare" --student "fe=$OUT/fe/student" --student "fa25=$OUT/fa25/student" \
+  --student "fa1=$OUT/fa1/student"
+ladd-jax evaluate --out "$OUT/compare2" --student "fa25_2400=$OUT/fa25_2400/student" \
+  --student "ladd_a1=$OUT/ladd_a1/student" --student "ladd_a4=$OUT/ladd_a4/student"
+ladd-jax evaluate --out "$OUT/compare3" --student "fp1=$OUT/fp1/student" --student "fp025=$OUT/fp025/student" \
+  --student "fa10_2400=$OUT/fa10_2400/student"
+# Real render, the teacher's 20 steps, each 1200-step student at 1 step, then at 4 steps.
+python launch/toy_grid_columns.py "$OUT/compare" "$OUT/grid.png" --total 15 --columns 0 1 6 9 12 8 11 14
+python launch/toy_curves.py "$OUT/curves.png" "mix=$OUT/fe" "mse anchor 0.25=$OUT/fa25" "mse anchor 1=$OUT/fa1" \
+  "perceptual anchor 0.25=$OUT/fp025" "perceptual anchor 1=$OUT/fp1"
