@@ -6,7 +6,7 @@
 # 150 steps. Asks whether the anchor, DMD's cure for its samples crowding together, buys the mix its FD bounds in the
 # minutes where the mix already has its alignment. On the demo's 512 synthetic latents; `ladd-jax evaluate` on the
 # demo's prompts and noise, a column grid and the probe curves.
-# On 2 CPU cores: about 95 minutes of training, 9 of evaluation.
+# On 2 CPU cores: about 115 minutes of training, 11 of evaluation.
 #
 #   bash launch/toy_anchor.sh            # OUT=runs/anchor
 set -euo pipefail
@@ -23,17 +23,28 @@ sweep --steps 1200 --eval-every 100 --run "fp1@dmd:toy=$fast,anchor_weight=1.0,a
   --run "fp025@dmd:toy=$fast,anchor_weight=0.25,anchor_distance=perceptual,$lat"
 # LADD's toy config at the demo's 150 steps with the anchor.
 sweep --steps 150 --eval-every 10 --run "ladd_a1=anchor_weight=1.0" --run "ladd_a4=anchor_weight=4.0"
-# The squared-error anchor at 0.25 and 0.1 over 2400 steps (the cosine over 2400), as the cheaper mix's 14-minute
+# The squared-error anchor at 0.25, 0.1 and 0.05 over 2400 steps (the cosine over 2400), as the cheaper mix's 14-minute
 # runs.
 sweep --steps 2400 --eval-every 200 --run "fa25_2400@dmd:toy=$fast,anchor_weight=0.25,checkpoint_every=600"
 sweep --steps 2400 --eval-every 200 --run "fa10_2400@dmd:toy=$fast,anchor_weight=0.1,checkpoint_every=600"
+sweep --steps 2400 --eval-every 200 --run "fa05_2400@dmd:toy=$fast,anchor_weight=0.05,checkpoint_every=600"
 ladd-jax evaluate --out "$OUT/compare" --student "fe=$OUT/fe/student" --student "fa25=$OUT/fa25/student" \
   --student "fa1=$OUT/fa1/student"
 ladd-jax evaluate --out "$OUT/compare2" --student "fa25_2400=$OUT/fa25_2400/student" \
   --student "ladd_a1=$OUT/ladd_a1/student" --student "ladd_a4=$OUT/ladd_a4/student"
 ladd-jax evaluate --out "$OUT/compare3" --student "fp1=$OUT/fp1/student" --student "fp025=$OUT/fp025/student" \
   --student "fa10_2400=$OUT/fa10_2400/student"
+ladd-jax evaluate --out "$OUT/compare4" --student "fa05_2400=$OUT/fa05_2400/student"
 # Real render, the teacher's 20 steps, each 1200-step student at 1 step, then at 4 steps.
 python launch/toy_grid_columns.py "$OUT/compare" "$OUT/grid.png" --total 15 --columns 0 1 6 9 12 8 11 14
+A=ladd_jax/toy/assets/alignment  # the cheaper and the long mix's evaluations, from earlier sessions
+python launch/toy_long_mix_figure.py --out "$OUT/targets.png" --xlabel "CPU minutes of training (2 cores)" \
+  --series "long mix, steps 600-2400=$A/long_mix_evaluate_metrics.json:mix600@10.7,mix1200@21.3,mix1800@32.0,mix2400@42.6" \
+  --series "long mix, 3000-4800=$A/long_mix_4800_evaluate_metrics.json:mix3000@53.3,mix3600@63.9,mix4200@74.6,mix4800@85.2" \
+  --series "fast_e, 1200-2400=$A/fast_mix_e_evaluate_metrics.json:fast_e1200@7.1,fast_e1800@10.7,fast_e2400@14.3" \
+  --star "fast_e + anchor 0.25=$OUT/compare2/metrics.json:fa25_2400@16.4" \
+  --star "fast_e + anchor 0.1=$OUT/compare3/metrics.json:fa10_2400@16.7" \
+  --star "fast_e + anchor 0.05=$OUT/compare4/metrics.json:fa05_2400@16.5" \
+  --ladd $A/b1_and_dmd_evaluate_metrics.json:toy
 python launch/toy_curves.py "$OUT/curves.png" "mix=$OUT/fe" "mse anchor 0.25=$OUT/fa25" "mse anchor 1=$OUT/fa1" \
   "perceptual anchor 0.25=$OUT/fp025" "perceptual anchor 1=$OUT/fp1"
