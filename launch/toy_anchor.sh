@@ -6,7 +6,7 @@
 # 150 steps. Asks whether the anchor, DMD's cure for its samples crowding together, buys the mix its FD bounds in the
 # minutes where the mix already has its alignment. On the demo's 512 synthetic latents; `ladd-jax evaluate` on the
 # demo's prompts and noise, a column grid and the probe curves.
-# On 2 CPU cores: about 115 minutes of training, 11 of evaluation.
+# On 2 CPU cores: about 120 minutes of training, 13 of evaluation.
 #
 #   bash launch/toy_anchor.sh            # OUT=runs/anchor
 set -euo pipefail
@@ -28,6 +28,15 @@ sweep --steps 150 --eval-every 10 --run "ladd_a1=anchor_weight=1.0" --run "ladd_
 sweep --steps 2400 --eval-every 200 --run "fa25_2400@dmd:toy=$fast,anchor_weight=0.25,checkpoint_every=600"
 sweep --steps 2400 --eval-every 200 --run "fa10_2400@dmd:toy=$fast,anchor_weight=0.1,checkpoint_every=600"
 sweep --steps 2400 --eval-every 200 --run "fa05_2400@dmd:toy=$fast,anchor_weight=0.05,checkpoint_every=600"
+# The weight-0.1 run resumed from its step 1200 without the anchor (the same recipe and cosine otherwise): the
+# anchor for the first half only.
+mkdir -p "$OUT/fa10_off1200/checkpoints"
+cp -r "$OUT/fa10_2400/checkpoints/1200" "$OUT/fa10_off1200/checkpoints/"
+python - "$OUT/fa10_2400/metrics.jsonl" > "$OUT/fa10_off1200/metrics.jsonl" <<'PY'
+import json, sys
+sys.stdout.writelines(line for line in open(sys.argv[1]) if json.loads(line)["step"] <= 1200)
+PY
+sweep --steps 2400 --eval-every 200 --run "fa10_off1200@dmd:toy=$fast,anchor_weight=0.0,checkpoint_every=600"
 ladd-jax evaluate --out "$OUT/compare" --student "fe=$OUT/fe/student" --student "fa25=$OUT/fa25/student" \
   --student "fa1=$OUT/fa1/student"
 ladd-jax evaluate --out "$OUT/compare2" --student "fa25_2400=$OUT/fa25_2400/student" \
@@ -35,6 +44,7 @@ ladd-jax evaluate --out "$OUT/compare2" --student "fa25_2400=$OUT/fa25_2400/stud
 ladd-jax evaluate --out "$OUT/compare3" --student "fp1=$OUT/fp1/student" --student "fp025=$OUT/fp025/student" \
   --student "fa10_2400=$OUT/fa10_2400/student"
 ladd-jax evaluate --out "$OUT/compare4" --student "fa05_2400=$OUT/fa05_2400/student"
+ladd-jax evaluate --out "$OUT/compare5" --student "fa10_off1200=$OUT/fa10_off1200/student"
 # Real render, the teacher's 20 steps, each 1200-step student at 1 step, then at 4 steps.
 python launch/toy_grid_columns.py "$OUT/compare" "$OUT/grid.png" --total 15 --columns 0 1 6 9 12 8 11 14
 A=ladd_jax/toy/assets/alignment  # the cheaper and the long mix's evaluations, from earlier sessions
