@@ -66,7 +66,7 @@ def method(config: ml_collections.ConfigDict) -> str:
         )
     if config.get("anchor_distance", "mse") not in ANCHOR_DISTANCES:
         raise LaddError(f"config.anchor_distance={config.anchor_distance!r}: use one of {ANCHOR_DISTANCES}")
-    if name == "add" and config.get("anchor_weight", 0.0) and config.anchor_distance == "perceptual":
+    if name == "add" and perceptual_anchor(config):
         raise LaddError(
             "config.anchor_distance='perceptual' needs config.features to name a latent feature network, and ADD's "
             "names its pixel feature network: use anchor_distance='mse' with method add (or train method ladd or dmd)"
@@ -103,6 +103,11 @@ def method(config: ml_collections.ConfigDict) -> str:
 
 def uses_heads(config: ml_collections.ConfigDict) -> bool:
     return config.adv_weight > 0
+
+
+def perceptual_anchor(config: ml_collections.ConfigDict) -> bool:
+    """Whether the regression anchor plays with the latent perceptual distance (its network in `features`)."""
+    return bool(config.get("anchor_weight", 0.0)) and config.get("anchor_distance", "mse") == "perceptual"
 
 
 def initial_second_network(
@@ -179,8 +184,7 @@ def _method_networks(config: ml_collections.ConfigDict, teacher_folder: Path | N
 
         what = "a transformers Dinov2 folder: DINOv2, or the toy world's pixel feature network"
         return load_add_networks(config, teacher_folder, _require(config, "features", what))
-    perceptual_anchor = config.get("anchor_weight", 0.0) and config.anchor_distance == "perceptual"
-    if (name == "d2g" and config.regression.perceptual_weight) or perceptual_anchor:
+    if (name == "d2g" and config.regression.perceptual_weight) or perceptual_anchor(config):
         from ladd_jax.models.latent_perceptual import LatentFeatureNet, load_latent_features
 
         what = "a latent feature network folder (the toy world's: python -m ladd_jax.toy.latent_features)"
