@@ -110,6 +110,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (`ladd-jax synth`'s ODE pairs) regressed on that latent, at this weight, to keep a distribution-matching
     # student from crowding its samples together; a student pass of its own per step. 0: as LADD and DMD2.
     c.anchor_weight = 0.0
+    # How that weight moves over the run: "constant", or "cosine" (from anchor_weight to 0 at total_steps: the
+    # regression shapes the early student, the adversarial / DMD terms alone finish it; with the cheaper DMD mix a
+    # constant weight trades the 1-step alignment for FD, and switching it off halfway gave the FD back).
+    c.anchor_decay = "constant"
     # Its distance: "mse", or "perceptual" (DMD's LPIPS: the ensembled latent perceptual distance of configs/d2g.py's
     # lpips loss, with `perceptual`'s settings and the latent feature network `features`).
     c.anchor_distance = "mse"

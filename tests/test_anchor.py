@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from test_conditioning import SHAPES
@@ -13,7 +14,7 @@ from test_step_metrics import setup
 from test_train import tiny_config
 
 from ladd_jax.errors import LaddError
-from ladd_jax.train import methods, sharding
+from ladd_jax.train import methods, sharding, steps
 from ladd_jax.train.steps import AUGMENT_KEY, make_step_gradients, step_draws
 
 WEIGHT = 0.5
@@ -63,6 +64,16 @@ def test_perceptual_anchor_is_the_latent_perceptual_distance_of_the_pairs(world,
     np.testing.assert_allclose(metrics["g_total"], metrics["dmd"] + WEIGHT * metrics["anchor"], rtol=1e-5)
 
 
+def test_anchor_weight_decays_by_a_half_cosine(world):
+    """anchor_decay "cosine": at step 1 of 4 the anchor weighs WEIGHT * (1 + cos(pi / 4)) / 2 in DMD's G loss."""
+    over = dict(d_steps=1, lr_warmup_steps=1, anchor_weight=WEIGHT, anchor_decay="cosine", total_steps=4)
+    metrics = one_step(tiny_config(world, "dmd", **over), at_step=1)[3]
+    weight = WEIGHT * (1 + np.cos(np.pi / 4)) / 2
+    assert metrics["anchor"] > 0
+    np.testing.assert_allclose(metrics["g_total"], metrics["dmd"] + weight * metrics["anchor"], rtol=1e-5)
+    np.testing.assert_allclose(steps.anchor_weight_at(ml_collections.ConfigDict(over), 4), 0.0, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", ["lcm", "d2g"])
 def test_anchor_is_refused_where_it_has_no_place(world, name):
     with pytest.raises(LaddError, match=f"{name} has no regression anchor"):
@@ -72,5 +83,7 @@ def test_anchor_is_refused_where_it_has_no_place(world, name):
 def test_anchor_settings_are_checked(world):
     with pytest.raises(LaddError, match="anchor_distance"):
         methods.method(tiny_config(world, "dmd", anchor_distance="l1"))
+    with pytest.raises(LaddError, match="anchor_decay='linear'"):
+        methods.method(tiny_config(world, "dmd", anchor_decay="linear"))
     with pytest.raises(LaddError, match="use anchor_distance='mse' with method add"):
         methods.method(tiny_config(world, "add", anchor_weight=WEIGHT, anchor_distance="perceptual"))

@@ -52,12 +52,13 @@ def method_config(world: dict, features: dict, name: str, **overrides):
     return c
 
 
-def one_step(config):
-    """(setup, state before, state after, metrics, batch, key) of the first train step."""
+def one_step(config, at_step: int = 0):
+    """(setup, state before, state after, metrics, batch, key) of one train step: the first, or from a fresh state
+    that says it is at step `at_step`."""
     mesh = sharding.make_mesh()
     loader = make_loader(config, mesh)
     setup, student, heads = build(config, loader.element_spec, mesh)
-    state = init_state(setup.models, student, heads)
+    state = init_state(setup.models, student, heads).replace(step=jnp.asarray(at_step, jnp.int32))
     batch, key = next(loader), jax.random.key(config.seed)
     loader.close()
     step = jax.jit(methods.make_step(config, setup.models, mesh))

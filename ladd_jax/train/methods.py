@@ -33,6 +33,7 @@ from ladd_jax.train.steps import BATCH_FIELDS, COND_FIELD, MISALIGNED_SOURCES, S
 
 METHODS = ("ladd", "add", "lcm", "d2g", "dmd")
 ANCHOR_DISTANCES = ("mse", "perceptual")  # config.anchor_distance
+ANCHOR_DECAYS = ("constant", "cosine")  # config.anchor_decay
 # The methods whose D phase has no re-noised teacher features for config.d_renoise to draw afresh, and why.
 RENOISE_FREE = {
     "add": "ADD's heads read a pixel feature network on clean images",
@@ -66,6 +67,8 @@ def method(config: ml_collections.ConfigDict) -> str:
         )
     if config.get("anchor_distance", "mse") not in ANCHOR_DISTANCES:
         raise LaddError(f"config.anchor_distance={config.anchor_distance!r}: use one of {ANCHOR_DISTANCES}")
+    if config.get("anchor_decay", "constant") not in ANCHOR_DECAYS:
+        raise LaddError(f"config.anchor_decay={config.anchor_decay!r}: use one of {ANCHOR_DECAYS}")
     if name == "add" and perceptual_anchor(config):
         raise LaddError(
             "config.anchor_distance='perceptual' needs config.features to name a latent feature network, and ADD's "

@@ -13,7 +13,7 @@ regression game are subclasses, train/add.py and train/regression.py) with the o
                         d_renoise: each update after the first re-noises x0 and x0_hat afresh (t_hat, eps)
                         the teacher's features enter as constants: no gradient of the teacher is computed
     G step:             student <- student - grad_student [g_loss(D(fake(student)))  (+ lambda * distill)
-                                                            (+ anchor_weight * d(one_step(z), x0))],
+                                                            (+ w_anchor(step) * d(one_step(z), x0))],
                         the gradient reaches the student through the teacher's activations; the teacher's
                         params are closed over, so no gradient w.r.t. them exists; the anchor regresses the
                         student's 1-step image of each latent's stored noise z on that latent (DMD's ODE pairs)
@@ -109,6 +109,14 @@ def step_draws(config: ml_collections.ConfigDict, step: jax.Array, key: jax.Arra
             d_eps_fake=jax.random.normal(k_fake, (renoisings, *x0_shape)),
         )
     return draws
+
+
+def anchor_weight_at(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
+    """The regression anchor's weight at `step`: anchor_weight throughout (anchor_decay "constant"), or decayed from
+    it to 0 at total_steps by a half cosine ("cosine")."""
+    if config.anchor_decay == "constant":
+        return jnp.asarray(config.anchor_weight, jnp.float32)
+    return optax.cosine_decay_schedule(config.anchor_weight, config.total_steps)(step)
 
 
 def guided_velocity(
@@ -235,14 +243,17 @@ class Game:
         t = jnp.ones(z.shape[:1], jnp.float32)
         return denoise(z, self.models.apply_student(student_params, self.frozen, self.with_cond(z), t, ctx, pooled), t)
 
-    def anchored(self, student_params: Any, total: jax.Array, aux: dict, grads: Any) -> tuple[jax.Array, dict, Any]:
+    def anchored(
+        self, student_params: Any, total: jax.Array, aux: dict, grads: Any, step: jax.Array
+    ) -> tuple[jax.Array, dict, Any]:
         """The G loss, its parts and its gradient with DMD's regression anchor added (Yin et al. 2024; anchor_weight
-        > 0, else as given): anchor_weight * the mean distance of one_step(z) to x0 on the batch's stored ODE pairs
-        (squared error, or the perceptual distance: anchor_distance), from a student pass of its own (the G
-        step's samples start from fresh noise at the student's times, these from the stored noise at t = 1)."""
-        weight = self.config.get("anchor_weight", 0.0)
-        if not weight:
+        > 0, else as given): the anchor's weight at `step` (`anchor_weight_at`) * the mean distance of one_step(z)
+        to x0 on the batch's stored ODE pairs (squared error, or the perceptual distance: anchor_distance), from a
+        student pass of its own (the G step's samples start from fresh noise at the student's times, these from
+        the stored noise at t = 1)."""
+        if not self.config.get("anchor_weight", 0.0):
             return total, aux, grads
+        weight = anchor_weight_at(self.config, step)
         x0 = jax.lax.stop_gradient(self.inputs[0]).astype(jnp.float32)
         if self.config.anchor_distance == "perceptual":
             distance = lambda params: jnp.mean(self.perceptual(self.one_step(params), x0))
@@ -419,7 +430,7 @@ def make_train_step(config: ml_collections.ConfigDict, models: Models, mesh: Mes
         if config.train_student:  # otherwise the heads alone learn against the fixed student (a diagnostic)
             (g_total, g_aux), x0_grad = play.g_gradient(disc, x0_hat, fake, fake_pull_back)
             (g_grads,) = pull_back(x0_grad)
-            g_total, g_aux, g_grads = play.anchored(student, g_total, g_aux, g_grads)
+            g_total, g_aux, g_grads = play.anchored(student, g_total, g_aux, g_grads, state.step)
             updates, g_opt = models.g_tx.update(g_grads, on_device(g_opt), student)
             student = optax.apply_updates(student, updates)
             g_metrics = dict(g_total=g_total, g_grad_norm=optax.tree.norm(g_grads), **g_aux)
@@ -444,8 +455,9 @@ def make_step_gradients(config: ml_collections.ConfigDict, models: Models, mesh:
     The head grads are those of the D objective at `heads` (the step's first D update uses them); the student
     grads are those of the G objective with the same `heads`, i.e. before any D update. The train step instead
     takes the G gradient after its d_steps D updates; the two agree only when those updates are zero (e.g. at
-    step 0, where the warm-up schedule's learning rate is 0). Measuring both at one point is what makes a
-    comparison with another implementation (ladd_jax/torch_ref/ladd_step.py) well defined, with no optimiser in it.
+    step 0, where the warm-up schedule's learning rate is 0; the regression anchor plays at its step-0 weight).
+    Measuring both at one point is what makes a comparison with another implementation
+    (ladd_jax/torch_ref/ladd_step.py) well defined, with no optimiser in it.
     """
 
     def step_gradients(student: Any, heads: Any, teacher_params: Any, batch: Batch, draws: Draws):
@@ -454,7 +466,7 @@ def make_step_gradients(config: ml_collections.ConfigDict, models: Models, mesh:
         (d_total, d_aux), d_grads = jax.value_and_grad(game.d_objective_of(x0_hat, fake), has_aux=True)(heads)
         (g_total, g_aux), x0_grad = game.g_gradient(heads, x0_hat, fake, fake_pull_back)
         (g_grads,) = pull_back(x0_grad)
-        g_total, g_aux, g_grads = game.anchored(student, g_total, g_aux, g_grads)
+        g_total, g_aux, g_grads = game.anchored(student, g_total, g_aux, g_grads, jnp.zeros((), jnp.int32))
         return dict(d_loss=d_total, g_total=g_total, **d_aux, **g_aux), d_grads, g_grads
 
     return step_gradients
