@@ -38,14 +38,19 @@ sys.stdout.writelines(line for line in open(sys.argv[1]) if json.loads(line)["st
 PY
 sweep --steps 2400 --eval-every 200 --run "fa10_off1200@dmd:toy=$fast,anchor_weight=0.0,checkpoint_every=600"
 # The anchor's weight decayed by a half cosine to 0 over the run (anchor_decay), from 0.25 and from 0.1; the constant
-# 0.1 over 4800 steps (the rates' cosine over 4800), exported at steps 1200, 2400 and 3600 too.
+# 0.1 over 4800 steps (the rates' cosine over 4800) at seeds 0, 1 and 2, exported at steps 1200, 2400 and 3600 too.
 sweep --steps 2400 --eval-every 200 \
   --run "fa25cos_2400@dmd:toy=$fast,anchor_weight=0.25,anchor_decay=cosine,checkpoint_every=600"
 sweep --steps 2400 --eval-every 200 \
   --run "fa10cos_2400@dmd:toy=$fast,anchor_weight=0.1,anchor_decay=cosine,checkpoint_every=600"
-sweep --steps 4800 --eval-every 400 --run "fa10_4800@dmd:toy=$fast,anchor_weight=0.1,checkpoint_every=1200"
+sweep --steps 4800 --eval-every 400 --run "fa10_4800@dmd:toy=$fast,anchor_weight=0.1,checkpoint_every=1200" \
+  --run "fa10_4800_s1@dmd:toy=$fast,anchor_weight=0.1,checkpoint_every=1200,seed=1" \
+  --run "fa10_4800_s2@dmd:toy=$fast,anchor_weight=0.1,checkpoint_every=1200,seed=2"
 for step in 1200 2400 3600; do
   ladd-jax export --workdir "$OUT/fa10_4800" --out "$OUT/fa10_4800_at$step" --ema --step "$step" --overwrite
+done
+for s in 1 2; do
+  ladd-jax export --workdir "$OUT/fa10_4800_s$s" --out "$OUT/fa10_4800_s${s}_at3600" --ema --step 3600 --overwrite
 done
 ladd-jax evaluate --out "$OUT/compare" --student "fe=$OUT/fe/student" --student "fa25=$OUT/fa25/student" \
   --student "fa1=$OUT/fa1/student"
@@ -60,6 +65,10 @@ ladd-jax evaluate --out "$OUT/compare6" --student "fa25cos_2400=$OUT/fa25cos_240
 ladd-jax evaluate --out "$OUT/compare7" --student "fa10_4800at1200=$OUT/fa10_4800_at1200" \
   --student "fa10_4800at2400=$OUT/fa10_4800_at2400" --student "fa10_4800at3600=$OUT/fa10_4800_at3600" \
   --student "fa10_4800=$OUT/fa10_4800/student"
+for s in 1 2; do
+  ladd-jax evaluate --out "$OUT/compare_s$s" --student "fa10_4800_s${s}at3600=$OUT/fa10_4800_s${s}_at3600" \
+    --student "fa10_4800_s$s=$OUT/fa10_4800_s$s/student"
+done
 # Real render, the teacher's 20 steps, each 1200-step student at 1 step, then at 4 steps.
 python launch/toy_grid_columns.py "$OUT/compare" "$OUT/grid.png" --total 15 --columns 0 1 6 9 12 8 11 14
 A=ladd_jax/toy/assets/alignment  # the cheaper and the long mix's evaluations, from earlier sessions
