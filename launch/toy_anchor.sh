@@ -6,7 +6,7 @@
 # 150 steps. Asks whether the anchor, DMD's cure for its samples crowding together, buys the mix its FD bounds in the
 # minutes where the mix already has its alignment. On the demo's 512 synthetic latents; `ladd-jax evaluate` on the
 # demo's prompts and noise, a column grid and the probe curves.
-# On 2 CPU cores: about 120 minutes of training, 13 of evaluation.
+# On 2 CPU cores: about 255 minutes of training, 25 of evaluation.
 #
 #   bash launch/toy_anchor.sh            # OUT=runs/anchor
 set -euo pipefail
@@ -82,3 +82,19 @@ python launch/toy_long_mix_figure.py --out "$OUT/targets.png" --xlabel "CPU minu
   --ladd $A/b1_and_dmd_evaluate_metrics.json:toy
 python launch/toy_curves.py "$OUT/curves.png" "mix=$OUT/fe" "mse anchor 0.25=$OUT/fa25" "mse anchor 1=$OUT/fa1" \
   "perceptual anchor 0.25=$OUT/fp025" "perceptual anchor 1=$OUT/fp1"
+# The anchor 0.1 over 4800 steps (CPU minutes: steps x 0.418 s, the anchored step alone) against the long mix.
+python launch/toy_long_mix_figure.py --out "$OUT/long_targets.png" --xlabel "CPU minutes of training (2 cores)" \
+  --series "long mix, steps 600-2400=$A/long_mix_evaluate_metrics.json:mix600@10.7,mix1200@21.3,mix1800@32.0,mix2400@42.6" \
+  --series "long mix, 3000-4800=$A/long_mix_4800_evaluate_metrics.json:mix3000@53.3,mix3600@63.9,mix4200@74.6,mix4800@85.2" \
+  --series "fast_e, 1200-2400=$A/fast_mix_e_evaluate_metrics.json:fast_e1200@7.1,fast_e1800@10.7,fast_e2400@14.3" \
+  --series "fast_e + anchor 0.1, 1200-4800=$OUT/compare7/metrics.json:fa10_4800at1200@8.4,fa10_4800at2400@16.7,fa10_4800at3600@25.1,fa10_4800@33.4" \
+  --star "anchor 0.1, seed 1, 3600 and 4800=$OUT/compare_s1/metrics.json:fa10_4800_s1at3600@25.1,fa10_4800_s1@33.4" \
+  --star "anchor 0.1, seed 2, 3600 and 4800=$OUT/compare_s2/metrics.json:fa10_4800_s2at3600@25.1,fa10_4800_s2@33.4" \
+  --star "anchor 0.25 and 0.1, decayed=$OUT/compare6/metrics.json:fa25cos_2400@16.7,fa10cos_2400@16.7" \
+  --ladd $A/b1_and_dmd_evaluate_metrics.json:toy
+python launch/toy_curves.py "$OUT/long_curves.png" "anchor 0.1, 2400 steps=$OUT/fa10_2400" \
+  "anchor 0.1, 4800 steps=$OUT/fa10_4800" "anchor 0.1, 4800 steps, seed 1=$OUT/fa10_4800_s1" \
+  "anchor 0.1, 4800 steps, seed 2=$OUT/fa10_4800_s2" "anchor 0.25, decayed, 2400=$OUT/fa25cos_2400" \
+  "anchor 0.1, decayed, 2400=$OUT/fa10cos_2400"
+# Real render, the teacher's 20 steps, the 4800-step student at one step at steps 1200-4800, then at four steps.
+python launch/toy_grid_columns.py "$OUT/compare7" "$OUT/long_grid.png" --total 18 --columns 0 1 6 9 12 15 17
