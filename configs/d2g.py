@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ml_collections
 
-from ladd_jax.config_files import load_config_file
+from ladd_jax.config_files import load_with_option
 
 TOY_ASSETS = Path(__file__).resolve().parents[1] / "ladd_jax" / "toy" / "assets"
 # LOSS -> (mse_weight, perceptual_weight, adv_weight)
@@ -24,15 +24,11 @@ LOSSES = {"mse": (1.0, 0.0, 0.0), "lpips": (0.0, 1.0, 0.0), "gan": (0.0, 1.0, 0.
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant, _, loss = (arg or "tiny").partition("-")
-    loss = loss or "mse"
-    if loss not in LOSSES:
-        raise ValueError(f"unknown d2g loss {loss!r}; choose one of {sorted(LOSSES)} (e.g. configs/d2g.py:toy-lpips)")
-    c = load_config_file(Path(__file__).with_name("ladd.py"), variant)
+    c, loss = load_with_option(Path(__file__).with_name("ladd.py"), arg, tuple(LOSSES), "mse", "LOSS")
     c.method = "d2g"
     # The latent feature network folder (LOSS lpips and gan; the distance's ensemble: config.perceptual); the toy
     # variant uses the shipped toy network.
-    c.features = str(TOY_ASSETS / "latent_features") if variant == "toy" else ""
+    c.features = str(TOY_ASSETS / "latent_features") if c.variant == "toy" else ""
     c.regression = ml_collections.ConfigDict()
     # Diffusion2GAN weighs its GAN term 0.05-0.1 against E-LatentLPIPS at SD scale; adv_weight is that weight.
     c.regression.mse_weight, c.regression.perceptual_weight, c.adv_weight = LOSSES[loss]

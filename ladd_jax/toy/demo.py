@@ -3,8 +3,9 @@
 From the shipped toy checkpoints (`ladd_jax/toy/assets/`: a pretrained toy SD3 teacher folder and the evaluator;
 `launch/make_toy_world.sh` rebuilds them) it
   1. writes train-split prompts and generates synthetic latents with the teacher (`run_synth`: ArrayRecord shards),
-  2. distils the teacher into a student with LADD (`train_and_evaluate`, configs/ladd.py:toy), measuring the
-     EMA student's 1-step FD and alignment on held-out prompts every few steps, and exports it,
+  2. distils the teacher into a student with LADD (`train_and_evaluate`, configs/ladd.py:toy; `--recipe
+     anchored-mix`: the toy world's best-measured route, configs/dmd.py:toy-anchored, past the 10-minute bound),
+     measuring the EMA student's 1-step FD and alignment on held-out prompts every few steps, and exports it,
   3. runs the same distillation with the heads frozen at a random initialisation (the control: no adversarial
      game, the same everything else),
   4. samples train- and test-split prompts with the teacher (full steps + CFG; 1, 2, 4 steps + CFG on the
@@ -61,14 +62,50 @@ class DemoConfig(EvalConfig):
     teacher: Path = ASSETS / "teacher"
     evaluator: Path = ASSETS / "evaluator"
     synth_prompts: int = 512  # train-split prompts the teacher turns into synthetic latents
-    ladd_steps: int | None = None  # LADD iterations; None: configs/ladd.py:toy's total_steps
+    recipe: str = "ladd"  # how the student is distilled: a name of RECIPES
+    ladd_steps: int | None = None  # distillation iterations; None: the recipe's config's total_steps
     control: bool = True  # also run the frozen-random-heads control
     curve_prompts: int = 128  # held-out test prompts for the FD/alignment curves during training
-    eval_every: int = 25  # LADD steps between two points of those curves
+    curve_points: int = 6  # points of those curves after the start, evenly over the run (LADD's 150: every 25)
     multi_aspect: bool = False  # synthesise, distil and measure at the toy world's three buckets
 
 
-QUICK = dict(EVAL_QUICK, synth_prompts=64, ladd_steps=12, curve_prompts=32, eval_every=6)
+QUICK = dict(EVAL_QUICK, synth_prompts=64, ladd_steps=12, curve_prompts=32, curve_points=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A distillation the demo runs, with its control (the same run with its heads frozen at random)."""
+
+    file: str  # a config file of configs/
+    variant: str  # its variant
+    label: str  # the run's name in the curves, the phases and the report's title
+    method: str  # one sentence for the report: how the student learns
+
+
+RECIPES = {
+    # The demo's default, within its 10-minute bound on 2 CPU cores.
+    "ladd": Recipe(
+        "ladd.py",
+        "toy",
+        "LADD",
+        "LADD trains a student (initialised as the teacher) to draw in 1-4 steps: discriminator heads on the frozen "
+        "teacher's features learn to tell the teacher's samples (real) from the student's (fake), and the student "
+        "follows their gradient through the teacher.",
+    ),
+    # The toy world's best-measured route (alignment notes, "DMD's regression anchor": 8-9 of the 10 student
+    # targets at three seeds): 4800 steps, about 33 CPU minutes of training and as many for its control.
+    "anchored-mix": Recipe(
+        "dmd.py",
+        "toy-anchored",
+        "anchored mix",
+        "The anchored mix trains a student (initialised as the teacher) to draw in 1-4 steps with three terms: "
+        "DMD's distribution matching (the teacher's guided score minus a fake score that keeps learning the "
+        "student's samples), LADD's discriminator heads on the frozen teacher's features at weight 0.1 (the "
+        "student follows their gradient through the teacher), and DMD's regression anchor at weight 0.1 (the "
+        "student's 1-step image of each synthetic latent's stored noise pulled toward that latent).",
+    ),
+}
 
 
 class Phases:
@@ -88,11 +125,11 @@ class Phases:
         self._name, self._since = name, now
 
 
-def load_ladd_config(variant: str) -> Any:
-    """configs/ladd.py:VARIANT from the checkout (configs/ is data, not an installed package)."""
+def load_ladd_config(variant: str, file: str = "ladd.py") -> Any:
+    """configs/FILE:VARIANT from the checkout (configs/ is data, not an installed package)."""
     from ladd_jax.config_files import load_config_file
 
-    return load_config_file(ROOT / "configs" / "ladd.py", variant)
+    return load_config_file(ROOT / "configs" / file, variant)
 
 
 # -------------------------------------------------------------------------------------------------------- main
@@ -116,12 +153,15 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
     from ladd_jax.toy.world import sample_scenes, write_prompts
 
     start, phases = time.perf_counter(), Phases()
+    if config.recipe not in RECIPES:
+        raise LaddError(f"unknown demo recipe {config.recipe!r}; choose one of {sorted(RECIPES)}")
+    recipe = RECIPES[config.recipe]
     require_pipeline_folder(config.teacher, "the toy teacher", f"build it first ({TEACHER_FIX})")
     out = make_out_dir(out, "the demo's output folder").resolve()
     world = read_toy_world(config.teacher)
     evaluator = load_evaluator(config.evaluator)
-    ladd = load_ladd_config("toy")
-    msl = ladd.max_sequence_length
+    run = load_ladd_config(recipe.variant, recipe.file)
+    msl = run.max_sequence_length
     teacher = SD3Pipeline.from_pretrained(config.teacher)
 
     progress("1/5 synthetic latents from the teacher")
@@ -140,7 +180,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         batch_size=max(1, 32 // jax.local_device_count()),
     )
 
-    phases.enter("LADD")  # with its curves' setup: their prompts' real renders and reference statistics
+    phases.enter(recipe.label)  # with its curves' setup: their prompts' real renders and reference statistics
     # The curves: the EMA student's 1-step samples of held-out test prompts, every eval_every steps.
     curve_scenes = sample_scenes(world, "test", config.curve_prompts, config.seed + 10)
     curve_prompts = [s.caption() for s in curve_scenes]
@@ -151,19 +191,19 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         m = curve_measure(curve_sampler.few_step(ema_params, 1))
         return {"fd_1step": m["fd"], "alignment_1step": m["alignment"]}
 
-    ladd.teacher, ladd.data, ladd.seed = str(config.teacher), str(out / "synth"), config.seed
+    run.teacher, run.data, run.seed = str(config.teacher), str(out / "synth"), config.seed
     if config.ladd_steps is not None:
-        ladd.total_steps = config.ladd_steps
-    ladd.checkpoint_every, ladd.eval_every = ladd.total_steps, config.eval_every
+        run.total_steps = config.ladd_steps
+    run.checkpoint_every, run.eval_every = run.total_steps, max(1, run.total_steps // config.curve_points)
     if config.multi_aspect:  # the trainer's grid at the end: a block per bucket, teacher beside the student
-        ladd.sample_every, ladd.sample_prompts = ladd.total_steps, tuple(prompts_file.read_text().splitlines()[:2])
-    progress("2/5 LADD distillation")
-    runs = {"LADD": out / "train"}
-    students = {"student": distil(ladd, runs["LADD"], out / "student", probe)}
+        run.sample_every, run.sample_prompts = run.total_steps, tuple(prompts_file.read_text().splitlines()[:2])
+    progress(f"2/5 distillation: {recipe.label} (configs/{recipe.file}:{recipe.variant}), {run.total_steps} steps")
+    runs = {recipe.label: out / "train"}
+    students = {"student": distil(run, runs[recipe.label], out / "student", probe)}
     if config.control:
         progress("3/5 the control: the same run with the heads frozen at a random initialisation")
         phases.enter("control")
-        control = ladd.copy_and_resolve_references()
+        control = run.copy_and_resolve_references()
         control.disc.train, control.disc.output_init, control.sample_every = False, "normal", 0
         runs["control (frozen random heads)"] = out / "control_train"
         students["control"] = distil(control, runs["control (frozen random heads)"], out / "control", probe)
@@ -195,12 +235,13 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
     training_curves(runs, references, out / "curves.png")
     result = dict(
         teacher=str(Path(config.teacher).resolve()),
+        recipe=dict(name=config.recipe, **dataclasses.asdict(recipe)),
         student=str(students["student"]),
         control=str(students.get("control", "")),
         evaluator=str(Path(config.evaluator).resolve()),
         devices=f"{jax.device_count()} {jax.devices()[0].platform} device(s)",
         eval_prompts=config.eval_prompts,
-        ladd_steps=ladd.total_steps,
+        ladd_steps=run.total_steps,
         rows=table,
         real_renders=real,
         curves=dict(prompts=config.curve_prompts, teacher=curve_teacher, real_renders=curve_real),
@@ -210,10 +251,10 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
     )
     figures = save_grids(grids, out)
     if config.multi_aspect:
-        caption = f"every bucket after {ladd.total_steps} steps: the teacher ({ladd.teacher_sample_steps} steps, CFG"
-        caption += f" {ladd.teacher_cfg:g}) beside the student at {', '.join(map(str, ladd.sample_steps))} steps"
+        caption = f"every bucket after {run.total_steps} steps: the teacher ({run.teacher_sample_steps} steps, CFG"
+        caption += f" {run.teacher_cfg:g}) beside the student at {', '.join(map(str, run.sample_steps))} steps"
         caption += " (distilled on all three buckets; each bucket's table is in 'Per bucket')"
-        path = shutil.copy(runs["LADD"] / "samples" / f"{ladd.total_steps:07d}.png", out / "grid_buckets.png")
+        path = shutil.copy(runs[recipe.label] / "samples" / f"{run.total_steps:07d}.png", out / "grid_buckets.png")
         figures.append(Figure(caption, Path(path)))
     result["seconds"] = time.perf_counter() - start
     phases.enter(None)
@@ -226,7 +267,10 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="LADD end to end in the toy world on a CPU, with an evaluated report")
     p.add_argument("--out", required=True, help="folder for the data, the runs, the students and the report")
     p.add_argument("--quick", action="store_true", help="a shortened run (CI): fewer prompts, steps and images")
-    what = "LADD iterations (default: configs/ladd.py:toy's total_steps, 150; quick 12)"
+    what = "how the student is distilled: ladd (LADD, the default: about 5 minutes in all on 2 CPU cores) or "
+    what += "anchored-mix (DMD + LADD's heads + DMD's regression anchor, 4800 steps: about 75 minutes on 2 cores)"
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="ladd", help=what)
+    what = "distillation iterations (default: the recipe's config's total_steps, LADD's 150; quick 12)"
     p.add_argument("--ladd-steps", type=int, default=None, help=what)
     p.add_argument("--no-control", action="store_true", help="skip the frozen-heads control run")
     p.add_argument("--seed", type=int, default=0)
@@ -242,7 +286,9 @@ def _run_cli(args: argparse.Namespace) -> None:
         if args.ladd_steps < 1:
             raise LaddError(f"--ladd-steps must be at least 1, got {args.ladd_steps}")
         overrides["ladd_steps"] = args.ladd_steps
-    config = DemoConfig(seed=args.seed, control=not args.no_control, multi_aspect=args.multi_aspect, **overrides)
+    config = DemoConfig(
+        seed=args.seed, recipe=args.recipe, control=not args.no_control, multi_aspect=args.multi_aspect, **overrides
+    )
     result = run_demo(args.out, config)
     print_rows(result["rows"], result["real_renders"])
     missed = [t for t in result["targets"] if not t["holds"]]

@@ -187,9 +187,7 @@ EXPLAINER = (
     "**What you are looking at.** A 4-block MMDiT teacher, pretrained on renders of coloured shapes, is sampled "
     "with {n} Euler steps and classifier-free guidance (how often it draws exactly what its caption asks for: the "
     "alignment column). Asked for one step it can only draw the average of all pictures the caption allows: a "
-    "blur. LADD trains a student (initialised as the teacher) to "
-    "draw in 1-4 steps: discriminator heads on the frozen teacher's features learn to tell the teacher's samples "
-    "(real) from the student's (fake), and the student follows their gradient through the teacher. The control "
+    "blur. {method} The control "
     "run is identical except that its heads are frozen at a random initialisation: if the control's student "
     "does as well, the improvement did not come from the adversarial game. " + METRICS_EXPLAINED
 )
@@ -386,13 +384,14 @@ def _full_steps(rows: list[dict]) -> int:
 
 def demo_report(out: Path, result: dict[str, Any], grids: list[Figure], curves: Path) -> None:
     """The demo's report: the table, the targets, the training curves, the grids."""
+    recipe = result["recipe"]
     models = (
-        f"Teacher: `{result['teacher']}`; LADD student: `{result['student']}`; frozen-heads control: "
-        f"`{result['control']}`."
+        f"Teacher: `{result['teacher']}`; {recipe['label']} student (`configs/{recipe['file']}:{recipe['variant']}`): "
+        f"`{result['student']}`; frozen-heads control: `{result['control']}`."
     )
     blocks = [
         _measured(result, models),
-        EXPLAINER.format(n=_full_steps(result["rows"])),
+        EXPLAINER.format(n=_full_steps(result["rows"]), method=recipe["method"]),
         table_markdown(result["rows"], result["real_renders"]),
         ATTRIBUTES_EXPLAINED,
         attributes_markdown(result["rows"], result["real_renders"]),
@@ -407,7 +406,7 @@ def demo_report(out: Path, result: dict[str, Any], grids: list[Figure], curves: 
         "## Samples",
         *grids,
     ]
-    write_reports(out, result, "ladd-jax demo: LADD in the toy world", blocks)
+    write_reports(out, result, f"ladd-jax demo: {recipe['label']} in the toy world", blocks)
 
 
 def _bucket_blocks(buckets: dict[str, dict]) -> list[Block]:

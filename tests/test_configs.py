@@ -1,0 +1,60 @@
+"""The config files' `VARIANT-OPTION` arguments (configs/d2g.py's losses, configs/dmd.py's recipes) on every
+configs/ladd.py variant, SD3's dashed names included, and the demo's recipes."""
+
+from __future__ import annotations
+
+import pytest
+
+from ladd_jax.config_files import load_config_file
+from ladd_jax.errors import LaddError
+from ladd_jax.toy.demo import RECIPES, ROOT, DemoConfig, load_ladd_config, run_demo
+
+CONFIGS = ROOT / "configs"
+VARIANTS = ("sd3-medium", "sd3.5-large", "sd3.5-medium", "tiny", "toy")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_d2g_losses_on_every_variant(variant):
+    for arg, weights in (
+        (variant, (1.0, 0.0, 0.0)),
+        (f"{variant}-lpips", (0.0, 1.0, 0.0)),
+        (f"{variant}-gan", (0.0, 1.0, 0.1)),
+    ):
+        c = load_config_file(CONFIGS / "d2g.py", arg)
+        assert c.variant == variant and c.method == "d2g", arg
+        assert (c.regression.mse_weight, c.regression.perceptual_weight, c.adv_weight) == weights, arg
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dmd_recipes_on_every_variant(variant):
+    dmd2, anchored = (load_config_file(CONFIGS / "dmd.py", a) for a in (variant, f"{variant}-anchored"))
+    assert dmd2.variant == anchored.variant == variant and dmd2.method == anchored.method == "dmd"
+    assert (dmd2.adv_weight, dmd2.anchor_weight) == (0.0, 0.0)
+    assert (anchored.adv_weight, anchored.anchor_weight) == (0.1, 0.1)  # LADD's heads and DMD's anchor beside DMD
+
+
+def test_anchored_toy_recipe_is_the_measured_one():
+    """configs/dmd.py:toy-anchored is launch/toy_anchor.sh's fa10_4800 run (8-9 of the 10 student targets at three
+    seeds): DMD's toy config with those overrides, nothing else changed."""
+    measured = load_config_file(CONFIGS / "dmd.py", "toy")
+    overrides = dict(adv_weight=0.1, batch_size=8, d_steps=2, g_lr=3e-4, ema_decay=0.99, lr_decay="cosine")
+    measured.update(overrides, anchor_weight=0.1, total_steps=4800)
+    measured.dmd.fake_score_lr = 1e-3
+    assert load_config_file(CONFIGS / "dmd.py", "toy-anchored").to_dict() == measured.to_dict()
+
+
+def test_unknown_variant_or_option_names_both_lists():
+    for file, arg, options in (("d2g.py", "toy-lpipz", "mse"), ("dmd.py", "sd3-medium-anchord", "anchored")):
+        with pytest.raises(
+            LaddError, match=rf"unknown LADD config variant .*'sd3-medium'.*optionally followed by .*'{options}'"
+        ):
+            load_config_file(CONFIGS / file, arg)
+
+
+def test_demo_recipes_have_heads_for_their_control(tmp_path):
+    """The control freezes the heads at random: a recipe without them (adv_weight 0) would make it the same run."""
+    for name, recipe in RECIPES.items():
+        assert load_ladd_config(recipe.variant, recipe.file).adv_weight > 0, name
+    with pytest.raises(LaddError, match=r"unknown demo recipe 'dmd'; choose one of \['anchored-mix', 'ladd'\]"):
+        run_demo(tmp_path / "out", DemoConfig(recipe="dmd"))
+    assert not (tmp_path / "out").exists()  # refused before anything is made
