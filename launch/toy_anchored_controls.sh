@@ -8,8 +8,8 @@
 #   2. the same run with the heads removed (adv_weight 0: DMD and the anchor alone), on the demo's 512 synthetic
 #      latents (the same data: the same prompts, seed and sampling), then `ladd-jax evaluate` on the demo's prompts
 #      and noise at steps 2400 and 4800, and the probe curves of the three runs.
-# On 2 CPU cores: about 75 minutes for the demo alone (4800 steps of the route and of its control), 40 for the
-# no-heads run; they were run side by side in session 48.
+# On 2 CPU cores: about 70 minutes for the demo alone (4800 steps of the route and of its control, 33 minutes
+# each), 3 of evaluation; in session 48 the demo and the no-heads run shared the cores (108 and 62 minutes).
 #
 #   bash launch/toy_anchored_controls.sh            # OUT=runs/anchored_controls
 set -euo pipefail

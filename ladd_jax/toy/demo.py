@@ -268,7 +268,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for the data, the runs, the students and the report")
     p.add_argument("--quick", action="store_true", help="a shortened run (CI): fewer prompts, steps and images")
     what = "how the student is distilled: ladd (LADD, the default: about 5 minutes in all on 2 CPU cores) or "
-    what += "anchored-mix (DMD + LADD's heads + DMD's regression anchor, 4800 steps: about 75 minutes on 2 cores)"
+    what += "anchored-mix (DMD + LADD's heads + DMD's regression anchor, 4800 steps: about 70 minutes on 2 cores)"
     p.add_argument("--recipe", choices=sorted(RECIPES), default="ladd", help=what)
     what = "distillation iterations (default: the recipe's config's total_steps, LADD's 150; quick 12)"
     p.add_argument("--ladd-steps", type=int, default=None, help=what)
