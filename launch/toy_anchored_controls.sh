@@ -8,8 +8,9 @@
 #   2. the same run with the heads removed (adv_weight 0: DMD and the anchor alone), on the demo's 512 synthetic
 #      latents (the same data: the same prompts, seed and sampling), then `ladd-jax evaluate` on the demo's prompts
 #      and noise at steps 2400 and 4800, and the probe curves of the three runs.
-# On 2 CPU cores: about 70 minutes for the demo alone (4800 steps of the route and of its control, 33 minutes
-# each), 3 of evaluation; in session 48 the demo and the no-heads run shared the cores (108 and 62 minutes).
+# On 2 CPU cores: 77 minutes for the demo alone (session 49, its seed 1: 4800 steps of the route and of its
+# control, 36 and 38 minutes, 3 of synthesis and evaluation); in session 48 the demo and the no-heads run shared
+# the cores (108 and 62 minutes).
 #
 #   bash launch/toy_anchored_controls.sh            # OUT=runs/anchored_controls
 set -euo pipefail

@@ -94,7 +94,7 @@ RECIPES = {
         "follows their gradient through the teacher.",
     ),
     # The toy world's best-measured route (alignment notes, "DMD's regression anchor": 8-9 of the 10 student
-    # targets at three seeds): 4800 steps, about 33 CPU minutes of training and as many for its control.
+    # targets at three seeds): 4800 steps, 33-38 CPU minutes of training alone, and as many for its control.
     "anchored-mix": Recipe(
         "dmd.py",
         "toy-anchored",
@@ -268,12 +268,13 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for the data, the runs, the students and the report")
     p.add_argument("--quick", action="store_true", help="a shortened run (CI): fewer prompts, steps and images")
     what = "how the student is distilled: ladd (LADD, the default: about 5 minutes in all on 2 CPU cores) or "
-    what += "anchored-mix (DMD + LADD's heads + DMD's regression anchor, 4800 steps: about 70 minutes on 2 cores)"
+    what += "anchored-mix (DMD + LADD's heads + DMD's regression anchor, 4800 steps: 77 minutes on 2 cores)"
     p.add_argument("--recipe", choices=sorted(RECIPES), default="ladd", help=what)
     what = "distillation iterations (default: the recipe's config's total_steps, LADD's 150; quick 12)"
     p.add_argument("--ladd-steps", type=int, default=None, help=what)
     p.add_argument("--no-control", action="store_true", help="skip the frozen-heads control run")
-    p.add_argument("--seed", type=int, default=0)
+    what = "seed of the prompts, the synthesis noise, the runs and the evaluation's prompts and renders"
+    p.add_argument("--seed", type=int, default=0, help=what)
     p.add_argument(
         "--multi-aspect", action="store_true", help="synthesise, distil and measure at 64x64, 48x80 and 80x48"
     )
