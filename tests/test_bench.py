@@ -133,3 +133,16 @@ def test_large_block_cache_reuses_freed_blocks_instead_of_mapping_them_again():
     pages = 20 * (256 << 20) // 4096
     assert faults() > 0.9 * pages  # glibc maps every block afresh
     assert faults("bash", str(script)) < 0.2 * pages  # the shim faults the first block's pages in, then reuses it
+
+
+def test_gpu_toy_demo_refuses_a_cpu_only_jax_before_running_anything(tmp_path):
+    """launch/gpu_toy_demo.sh times the toy demos on an accelerator: where JAX sees only the CPU it stops at once
+    with one message naming the override, and starts no demo (its folders stay empty)."""
+    script = Path(__file__).resolve().parents[1] / "launch" / "gpu_toy_demo.sh"
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), "ALLOW_CPU": "0"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # its python3: this one
+    run = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "no accelerator: jax sees only the CPU (ALLOW_CPU=1)" in run.stderr
+    assert "jax" in run.stdout and " cpu " in run.stdout
+    assert not any((tmp_path / "work").iterdir()) and not any((tmp_path / "out").iterdir())
