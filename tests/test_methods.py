@@ -352,3 +352,14 @@ def test_misaligned_pairs_text_comes_from_the_batch_or_the_records(world):
     config.misaligned_source = "shuffled"
     with pytest.raises(LaddError, match="misaligned_source='shuffled'"):
         methods.batch_fields(config)
+
+
+def test_misaligned_pairs_under_the_hinge_are_warned_about_once_per_run(world):
+    """The hinge's kink holds the heads at logit -1 once the pairs outweigh the real side (alignment notes): such a
+    run gets one warning naming the loss that plays; the pairs under the non-saturating loss, or with no heads to
+    play, get none."""
+    (warning,) = methods.stalled_game_warnings(tiny_config(world, misaligned_weight=1.0, loss="hinge"))
+    assert "misaligned_weight=1.0 with loss='hinge'" in warning and "--config.loss=non_saturating" in warning
+    assert not methods.stalled_game_warnings(tiny_config(world, misaligned_weight=1.0, loss="non_saturating"))
+    assert not methods.stalled_game_warnings(tiny_config(world, "dmd", misaligned_weight=1.0, adv_weight=0.0))
+    assert not methods.stalled_game_warnings(tiny_config(world, loss="hinge"))

@@ -203,6 +203,8 @@ def train_and_evaluate(
     config.eval_every steps, and is logged as eval/NAME (e.g. the toy world's FD)."""
     if config.get("conditioned") and config.sample_every:
         raise LaddError("the sample grid draws text-to-image samples; a conditioned run needs config.sample_every=0")
+    for warning in methods.stalled_game_warnings(config):
+        logger.warning(warning)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(**config.mesh)

@@ -108,6 +108,19 @@ def uses_heads(config: ml_collections.ConfigDict) -> bool:
     return config.adv_weight > 0
 
 
+def stalled_game_warnings(config: ml_collections.ConfigDict) -> list[str]:
+    """Settings that run but are measured to stop the heads' game: what `train_and_evaluate` warns about once."""
+    found = []
+    if uses_heads(config) and config.disc.train and config.misaligned_weight and config.loss == "hinge":
+        found.append(
+            f"config.misaligned_weight={config.misaligned_weight} with loss='hinge': the extra fakes hold the heads "
+            "at logit -1 on every input, the hinge's kink, where neither side has a gradient left (accuracy 0.50 "
+            "to the end; measured in ladd_jax/toy/assets/alignment/README.md). The pairs play with "
+            "--config.loss=non_saturating"
+        )
+    return found
+
+
 def perceptual_anchor(config: ml_collections.ConfigDict) -> bool:
     """Whether the regression anchor plays with the latent perceptual distance (its network in `features`)."""
     return bool(config.get("anchor_weight", 0.0)) and config.get("anchor_distance", "mse") == "perceptual"
