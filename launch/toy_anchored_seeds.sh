@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The anchored demo at a second and a third seed, the second's run without heads, and the first two demos' students
-# and controls measured on each seed's evaluation prompts (ladd_jax/toy/assets/alignment/README.md, "DMD's regression anchor"). `--seed`
-# changes the synthesis prompts and noise, the runs and the evaluation's prompts and renders, so a demo's targets
-# move with the prompt set as well as with the training; evaluating every student on both prompt sets tells the
-# two apart. Needs the seed-0 demo of launch/toy_anchored_controls.sh in $OUT/demo (or runs it).
+# and controls measured on each seed's evaluation prompts (ladd_jax/toy/assets/alignment/README.md, "DMD's
+# regression anchor"). `--seed` changes the synthesis prompts and noise, the runs and the evaluation's prompts and
+# renders, so a demo's targets move with the prompt set as well as with the training; evaluating every student on
+# both prompt sets tells the two apart. Needs the seed-0 demo of launch/toy_anchored_controls.sh in $OUT/demo (or
+# runs it).
 # On 2 CPU cores (session 49, each alone): 77 minutes for the seed-1 demo, 28 for the run without heads, 2-3 for
 # each evaluation, and as long again as the seed-1 demo for the seed-0 one if it is missing; the seed-2 demo (session
 # 50) took 109 minutes sharing the CPU.
