@@ -9,7 +9,7 @@
 #   3. that never-paired non-saturating run on the seed-1 demo's latents.
 # Each evaluation is `ladd-jax evaluate` on its demo's prompts and noise (`--seed`), which reproduces the demo's own
 # rows: compare with $OUT/demo*/metrics.json. Needs the demos of launch/toy_anchored_seeds.sh in $OUT (or runs them).
-# On 2 CPU cores (sessions 50-51, each alone): 18-20 minutes for each 2400-step run, 31 for each 4800-step one, 2 for
+# On 2 CPU cores (session 51, each alone): 18-20 minutes for each 2400-step run, 31 for each 4800-step one, 2 for
 # each evaluation.
 #
 #   bash launch/toy_anchored_pairs.sh            # OUT=runs/anchored_controls
