@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The toy world's demos on one accelerator, timed: `ladd-jax demo --recipe anchored-mix` (the route that holds 15-17
 # of the 18 targets of issue 10 at three seeds, in 77 minutes on 2 CPU cores) and the default LADD demo (11 of 18
-# in 6-8 CPU minutes), each under its own time limit, the report's figures copied into $OUT. Whether the anchored recipe fits
-# the demo's 10 minutes on a GPU is what the first run measures (its report's "Measured in" line and metrics.json's
-# `phase_seconds`); the README's "The targets of issue 10, measured" says why it cannot on this CPU.
+# in 6-8 CPU minutes), each under its own time limit, the report's figures copied into $OUT. Whether the anchored
+# recipe fits the demo's 10 minutes on a GPU is what the first run measures (its report's "Measured in" line and
+# metrics.json's `phase_seconds`); the README's "The targets of issue 10, measured" says why it cannot on this CPU.
 #
 #   launch/gpu_toy_demo.sh                                  # from anywhere; runs in the repository root
 #   RECIPES=anchored-mix SEED=1 launch/gpu_toy_demo.sh
