@@ -11,9 +11,10 @@
 #
 # Needs: `pip install "jax[cuda13]" -e .` (or a JAX with a GPU or TPU backend already there: see below).
 # Environment: RECIPES (in order, default "anchored-mix ladd"), SEED (default 0), LIMIT_S (seconds per demo,
-# default 540), ALLOW_CPU=1 (run where jax sees no accelerator), DEMO_ARGS (more `ladd-jax demo` flags), LADD (the
-# command, default `ladd-jax`), WORK (where the demos write their data and runs, default a fresh temporary folder),
-# OUT (default runs/gpu_toy_demo).
+# default 540), TOTAL_S (seconds for the whole script, default 570: inside the device tool's 600-s command, so that
+# a later recipe gets only what is left and the figures of the earlier ones still come back), ALLOW_CPU=1 (run where
+# jax sees no accelerator), DEMO_ARGS (more `ladd-jax demo` flags), LADD (the command, default `ladd-jax`), WORK
+# (where the demos write their data and runs, default a fresh temporary folder), OUT (default runs/gpu_toy_demo).
 # $OUT gets, per recipe, report.md, metrics.json, curves.png and grid_0.png (8 files for the two recipes); WORK keeps
 # everything else (students, controls, the synthetic latents).
 #
@@ -38,13 +39,20 @@ mkdir -p "$OUT" "$WORK"
 python3 -c "import jax, sys; d = jax.devices()[0]; print('jax', jax.__version__, d.platform, d.device_kind); \
 sys.exit(d.platform == 'cpu' and '${ALLOW_CPU:-0}' == '0' and 'no accelerator: jax sees only the CPU (ALLOW_CPU=1)')"
 
+script_start=$(date +%s)
 for recipe in ${RECIPES:-anchored-mix ladd}; do
   start=$(date +%s)
-  if timeout "${LIMIT_S:-540}" "${LADD_CMD[@]}" demo --recipe "$recipe" --seed "${SEED:-0}" --out "$WORK/$recipe" \
+  left=$((${TOTAL_S:-570} - (start - script_start)))
+  limit=$((left < ${LIMIT_S:-540} ? left : ${LIMIT_S:-540}))
+  if [ "$limit" -lt 30 ]; then
+    echo "$recipe: skipped, ${limit} s left of TOTAL_S=${TOTAL_S:-570}"
+    continue
+  fi
+  if timeout "$limit" "${LADD_CMD[@]}" demo --recipe "$recipe" --seed "${SEED:-0}" --out "$WORK/$recipe" \
     "${EXTRA[@]}"; then
     echo "$recipe: done in $(($(date +%s) - start)) s"
   else
-    echo "$recipe: exit $? after $(($(date +%s) - start)) s (124: stopped at LIMIT_S=${LIMIT_S:-540})"
+    echo "$recipe: exit $? after $(($(date +%s) - start)) s (124: stopped at its limit, $limit s)"
   fi
   mkdir -p "$OUT/$recipe"
   for f in report.md metrics.json curves.png grid_0.png; do
