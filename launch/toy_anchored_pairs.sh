@@ -6,11 +6,13 @@
 #      the non-saturating loss, beside the non-saturating recipe without them (the loss-matched comparison);
 #   2. the demo's 4800 steps on the seed-2 demo's latents, non-saturating: pairs to step 2400, then settled without
 #      them (the rates' cosine over all 4800 steps either way), beside the run never paired;
-#   3. that never-paired non-saturating run on the seed-1 demo's latents.
+#   3. that never-paired non-saturating run on the seed-1 demo's latents;
+#   4. (session 52) the demo's control under that loss (heads frozen at random, as `ladd-jax demo` sets them) on the
+#      seed-2 and seed-1 demos' latents, and the never-paired run on the seed-0 demo's latents for the full 4800 steps.
 # Each evaluation is `ladd-jax evaluate` on its demo's prompts and noise (`--seed`), which reproduces the demo's own
 # rows: compare with $OUT/demo*/metrics.json. Needs the demos of launch/toy_anchored_seeds.sh in $OUT (or runs them).
-# On 2 CPU cores (session 51, each alone): 18-20 minutes for each 2400-step run, 31 for each 4800-step one, 2 for
-# each evaluation.
+# On 2 CPU cores (sessions 51-52, each alone): 18-20 minutes for each 2400-step run, 30-35 for each 4800-step one,
+# 2 for each evaluation.
 #
 #   bash launch/toy_anchored_pairs.sh            # OUT=runs/anchored_controls
 set -euo pipefail
@@ -50,3 +52,13 @@ for seed in 2 1; do
   ladd-jax export --workdir "$OUT/ns_s$seed" --out "$OUT/ns_s${seed}_student" --ema --overwrite
   ladd-jax evaluate --out "$OUT/ns_s${seed}_eval" --seed "$seed" --student "ns=$OUT/ns_s${seed}_student"
 done
+control=(--config.disc.train=False --config.disc.output_init=normal --config.sample_every=0)  # the demo's control
+for seed in 2 1; do
+  run=$OUT/ns_control_s$seed
+  train "$seed" "$OUT/demo_seed$seed/synth" "$run" "${s2[@]}" --config.total_steps=4800 "${control[@]}"
+  ladd-jax export --workdir "$run" --out "${run}_student" --ema --overwrite
+  ladd-jax evaluate --out "${run}_eval" --seed "$seed" --student "nsc=${run}_student"
+done
+train 0 "$OUT/demo/synth" "$OUT/ns_s0" "${s2[@]}" --config.total_steps=4800
+ladd-jax export --workdir "$OUT/ns_s0" --out "$OUT/ns_s0_student" --ema --overwrite
+ladd-jax evaluate --out "$OUT/ns_s0_eval" --seed 0 --student "ns=$OUT/ns_s0_student"
