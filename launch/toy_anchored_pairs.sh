@@ -29,6 +29,13 @@ train() {  # train SEED DATA WORKDIR OVERRIDES...
   ladd-jax train --config configs/dmd.py:toy-anchored --workdir "$workdir" --config.seed="$seed" \
     --config.teacher=ladd_jax/toy/assets/teacher --config.data="$data" "$@"
 }
+synth() {  # synth SEED: that seed's demo's synthetic latents
+  if [ "$1" = 0 ]; then echo "$OUT/demo/synth"; else echo "$OUT/demo_seed$1/synth"; fi
+}
+evaluated() {  # evaluated SEED WORKDIR NAME: the run's EMA student exported and evaluated on that seed's demo prompts
+  ladd-jax export --workdir "$2" --out "$2_student" --ema --overwrite
+  ladd-jax evaluate --out "$2_eval" --seed "$1" --student "$3=$2_student"
+}
 ab=(--config.total_steps=2400 --config.checkpoint_every=2400)
 train 0 "$OUT/demo/synth" "$OUT/pairs_hinge" "${ab[@]}" --config.misaligned_weight=1.0
 train 0 "$OUT/demo/synth" "$OUT/pairs_ns" "${ab[@]}" --config.misaligned_weight=1.0 --config.loss=non_saturating
@@ -47,18 +54,12 @@ train 2 "$OUT/demo_seed2/synth" "$OUT/pairs_ns_s2" "${s2[@]}" --config.total_ste
 ladd-jax export --workdir "$OUT/pairs_ns_s2" --out "$OUT/pairs_ns_s2_student" --ema --overwrite
 ladd-jax evaluate --out "$OUT/pairs_s2_eval" --seed 2 --student "pairs_2400=$OUT/pairs_ns_s2_2400_student" \
   --student "pairs_settled=$OUT/pairs_ns_s2_student"
-for seed in 2 1; do
-  train "$seed" "$OUT/demo_seed$seed/synth" "$OUT/ns_s$seed" "${s2[@]}" --config.total_steps=4800
-  ladd-jax export --workdir "$OUT/ns_s$seed" --out "$OUT/ns_s${seed}_student" --ema --overwrite
-  ladd-jax evaluate --out "$OUT/ns_s${seed}_eval" --seed "$seed" --student "ns=$OUT/ns_s${seed}_student"
+for seed in 2 1 0; do  # never paired (seed 0: session 52)
+  train "$seed" "$(synth "$seed")" "$OUT/ns_s$seed" "${s2[@]}" --config.total_steps=4800
+  evaluated "$seed" "$OUT/ns_s$seed" ns
 done
 control=(--config.disc.train=False --config.disc.output_init=normal --config.sample_every=0)  # the demo's control
 for seed in 2 1; do
-  run=$OUT/ns_control_s$seed
-  train "$seed" "$OUT/demo_seed$seed/synth" "$run" "${s2[@]}" --config.total_steps=4800 "${control[@]}"
-  ladd-jax export --workdir "$run" --out "${run}_student" --ema --overwrite
-  ladd-jax evaluate --out "${run}_eval" --seed "$seed" --student "nsc=${run}_student"
+  train "$seed" "$(synth "$seed")" "$OUT/ns_control_s$seed" "${s2[@]}" --config.total_steps=4800 "${control[@]}"
+  evaluated "$seed" "$OUT/ns_control_s$seed" nsc
 done
-train 0 "$OUT/demo/synth" "$OUT/ns_s0" "${s2[@]}" --config.total_steps=4800
-ladd-jax export --workdir "$OUT/ns_s0" --out "$OUT/ns_s0_student" --ema --overwrite
-ladd-jax evaluate --out "$OUT/ns_s0_eval" --seed 0 --student "ns=$OUT/ns_s0_student"
