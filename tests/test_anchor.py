@@ -44,34 +44,37 @@ def test_anchor_adds_the_regression_of_the_stored_pairs_to_the_g_step(tmp_path):
     assert mse > 0 and "anchor" not in base
 
 
-def test_perceptual_anchor_is_the_latent_perceptual_distance_of_the_pairs(world, latent_features):
+def test_perceptual_anchor_is_the_latent_perceptual_distance_of_the_pairs_at_its_decayed_weight(world, latent_features):
     """anchor_distance "perceptual" (DMD's LPIPS), in a DMD run whose loader brings each latent's noise: the ensembled
     latent perceptual distance of the student's 1-step image of that noise to the latent, under the step's
-    augmentation draws, added to DMD's G loss."""
+    augmentation draws, added to DMD's G loss; with anchor_decay "cosine", at step 1 of 4 it weighs
+    WEIGHT * (1 + cos(pi / 4)) / 2 (one step checks both: each costs a DMD step's compilation)."""
     from ladd_jax.models.latent_perceptual import AugmentConfig, load_latent_features, perceptual_distance
 
     over = dict(d_steps=1, lr_warmup_steps=1, anchor_weight=WEIGHT, anchor_distance="perceptual")
+    over.update(anchor_decay="cosine", total_steps=4)
     c = tiny_config(world, "dmd", features=latent_features, **over)
     assert "noise" in methods.batch_fields(c)
-    setup, state, _, metrics, batch, key = one_step(c)
+    setup, state, _, metrics, batch, key = one_step(c, at_step=1)
     x0, ctx, pooled, z = (batch[k] for k in ("latent", "context", "pooled", "noise"))
     x0_hat = z - setup.models.student.apply({"params": state.student}, z, jnp.ones(len(z)), ctx, pooled)
     net_config, params = load_latent_features(latent_features)
     augment = AugmentConfig(**c.perceptual.augment)
-    draw = jax.random.fold_in(jax.random.fold_in(key, 0), AUGMENT_KEY)
+    draw = jax.random.fold_in(jax.random.fold_in(key, 1), AUGMENT_KEY)  # step 1's draws
     want = perceptual_distance(net_config, params, x0_hat, x0, draw, c.perceptual.num_draws, augment)
     np.testing.assert_allclose(metrics["anchor"], jnp.mean(want), rtol=1e-4)
-    np.testing.assert_allclose(metrics["g_total"], metrics["dmd"] + WEIGHT * metrics["anchor"], rtol=1e-5)
-
-
-def test_anchor_weight_decays_by_a_half_cosine(world):
-    """anchor_decay "cosine": at step 1 of 4 the anchor weighs WEIGHT * (1 + cos(pi / 4)) / 2 in DMD's G loss."""
-    over = dict(d_steps=1, lr_warmup_steps=1, anchor_weight=WEIGHT, anchor_decay="cosine", total_steps=4)
-    metrics = one_step(tiny_config(world, "dmd", **over), at_step=1)[3]
     weight = WEIGHT * (1 + np.cos(np.pi / 4)) / 2
-    assert metrics["anchor"] > 0
     np.testing.assert_allclose(metrics["g_total"], metrics["dmd"] + weight * metrics["anchor"], rtol=1e-5)
-    np.testing.assert_allclose(steps.anchor_weight_at(ml_collections.ConfigDict(over), 4), 0.0, atol=1e-7)
+
+
+def test_anchor_weight_decays_by_a_half_cosine():
+    """anchor_decay "cosine": WEIGHT at step 0, WEIGHT * (1 + cos(pi / 4)) / 2 at step 1 of 4, 0 at the end; constant
+    without it (the step applies it: the perceptual test above, at step 1)."""
+    over = ml_collections.ConfigDict(dict(anchor_weight=WEIGHT, anchor_decay="cosine", total_steps=4))
+    for step, want in ((0, WEIGHT), (1, WEIGHT * (1 + np.cos(np.pi / 4)) / 2), (4, 0.0)):
+        np.testing.assert_allclose(steps.anchor_weight_at(over, step), want, rtol=1e-6, atol=1e-7)
+    over.anchor_decay = "constant"
+    np.testing.assert_allclose(steps.anchor_weight_at(over, 3), WEIGHT)
 
 
 @pytest.mark.parametrize("name", ["lcm", "d2g"])

@@ -219,7 +219,8 @@ def two_steps(config):
     step, key = jax.jit(methods.make_step(config, setup.models, mesh)), jax.random.key(config.seed)
     batch = next(loader)
     first, metrics = step(jax.tree.map(jnp.copy, state), setup.frozen, batch, key)
-    second, _ = step(jax.tree.map(jnp.copy, first), setup.frozen, next(loader), key)
+    # `first` as host arrays, as `state` came in: the step's mesh-placed outputs would make jit compile it again.
+    second, _ = step(jax.tree.map(jnp.copy, jax.device_get(first)), setup.frozen, next(loader), key)
     loader.close()
     return setup, state, first, second, jax.device_get(metrics), batch, key
 
