@@ -39,13 +39,14 @@ mkdir -p "$OUT" "$WORK"
 python3 -c "import jax, sys; d = jax.devices()[0]; print('jax', jax.__version__, d.platform, d.device_kind); \
 sys.exit(d.platform == 'cpu' and '${ALLOW_CPU:-0}' == '0' and 'no accelerator: jax sees only the CPU (ALLOW_CPU=1)')"
 
+TOTAL_S=${TOTAL_S:-570} LIMIT_S=${LIMIT_S:-540}
 script_start=$(date +%s)
 for recipe in ${RECIPES:-anchored-mix ladd}; do
   start=$(date +%s)
-  left=$((${TOTAL_S:-570} - (start - script_start)))
-  limit=$((left < ${LIMIT_S:-540} ? left : ${LIMIT_S:-540}))
+  left=$((TOTAL_S - (start - script_start)))
+  limit=$((left < LIMIT_S ? left : LIMIT_S))
   if [ "$limit" -lt 30 ]; then
-    echo "$recipe: skipped, ${limit} s left of TOTAL_S=${TOTAL_S:-570}"
+    echo "$recipe: skipped, ${limit} s left of TOTAL_S=$TOTAL_S"
     continue
   fi
   if timeout "$limit" "${LADD_CMD[@]}" demo --recipe "$recipe" --seed "${SEED:-0}" --out "$WORK/$recipe" \
