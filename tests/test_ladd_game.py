@@ -24,7 +24,7 @@ from ladd_jax.train.writer import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "ladd_jax" / "toy" / "assets" / "teacher"
-HEADS_ALONE_STEPS = 120
+HEADS_ALONE_STEPS = 80
 HEADS_ALONE_TARGET = 0.9
 HEADS_ALONE_T_HAT_MEAN = 0.0  # the test's re-noising (the module's docstring says why)
 
