@@ -25,7 +25,6 @@ from tqdm import tqdm
 from ladd_jax.atomic import atomic_path
 from ladd_jax.toy.world import Obj, Placed, Scene, ToyWorld, draw, image_seeds, place, sample_scenes, scene_split
 
-EDITS = ("recolour", "move")
 # direction word -> (instruction suffix, unit displacement (dy, dx))
 MOVES = {
     "left": ("to the left", (0.0, -1.0)),
