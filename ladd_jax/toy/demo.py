@@ -267,7 +267,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="LADD end to end in the toy world on a CPU, with an evaluated report")
     p.add_argument("--out", required=True, help="folder for the data, the runs, the students and the report")
     p.add_argument("--quick", action="store_true", help="a shortened run (CI): fewer prompts, steps and images")
-    what = "how the student is distilled: ladd (LADD, the default: 4.0-5.8 minutes in all on 2 Zen 5 EPYC or Intel "
+    what = "how the student is distilled: ladd (LADD, the default: 3.5-5.8 minutes in all on 2 Zen 5 EPYC or Intel "
     what += "Xeon cores, 7.9-12.6 on 2 AVX2 AMD EPYC ones) or "
     what += "anchored-mix (DMD + LADD's heads + DMD's regression anchor, 4800 steps: 77 minutes on 2 cores)"
     p.add_argument("--recipe", choices=sorted(RECIPES), default="ladd", help=what)
