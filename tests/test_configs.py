@@ -1,5 +1,6 @@
 """The config files' `VARIANT-OPTION` arguments (configs/d2g.py's losses, configs/dmd.py's recipes) on every
-configs/ladd.py variant, SD3's dashed names included, and the demo's recipes."""
+configs/ladd.py variant, SD3's dashed names included, the demo's recipes, and how the trainer commands take a config
+(their errors and their --help)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,36 @@ def test_demo_recipes_have_heads_for_their_control(tmp_path):
     with pytest.raises(LaddError, match=r"unknown demo recipe 'dmd'; choose one of \['anchored-mix', 'ladd'\]"):
         run_demo(tmp_path / "out", DemoConfig(recipe="dmd"))
     assert not (tmp_path / "out").exists()  # refused before anything is made
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--config", "no/such.py:toy"], "no file no/such.py"),
+        (["train", "--config", f"{CONFIGS / 'ladd.py'}:nope"], "unknown LADD config variant 'nope'"),
+        (["train", "--config", f"{CONFIGS / 'ladd.py'}:toy", "--config.batch_sise=4"], "did you mean batch_size?"),
+        (["train", f"--config={CONFIGS / 'ladd.py'}:toy", "--config.disc.nokey=1"], "its keys here: cond_dim"),
+        (["train", "--config", f"{CONFIGS / 'ladd.py'}:toy", "--config.seed.x=1"], "seed is a value, not a group"),
+        (["train", "--config", f"{CONFIGS / 'pretrain.py'}:toy"], "needs a distillation config"),
+        (["pretrain", "--config", f"{CONFIGS / 'dmd.py'}:toy"], "this one is for `ladd-jax train`"),
+        (["aot", "--config", f"{CONFIGS / 'dpo.py'}:toy"], "`ladd-jax aot` needs a distillation config"),
+    ],
+)
+def test_trainer_commands_give_one_clear_error_for_a_bad_config(args, expected, tmp_path, capsys):
+    """A missing config file, an unknown variant or key, or another trainer's config: one line naming the argument
+    and the fix (absl and ml_collections alone print a traceback, or an error holding one)."""
+    from ladd_jax.cli import main
+
+    assert main([*args, "--workdir", str(tmp_path)] if args[0] != "aot" else args) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_trainer_commands_help_lists_their_flags(capsys):
+    from ladd_jax.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "usage: ladd-jax train --config configs/ladd.py:VARIANT --workdir W" in out
+    assert all(f in out for f in ("--config FILE:VARIANT", "--config.KEY=VALUE", "--workdir", "--coordinator_address"))

@@ -1,31 +1,60 @@
 """`ladd-jax train`, `pretrain`, `dpo`, `aot` and `export`: thin mains over the trainers.
 
-    ladd-jax train --config configs/ladd.py:VARIANT --workdir W [--config.key=value ...]
-               [--coordinator_address host:port --num_processes N --process_id I]   (else auto-detected)
-    ladd-jax pretrain --config configs/pretrain.py:toy --workdir W --config.model=DIR --config.data=DIR
-    ladd-jax dpo --config configs/dpo.py:toy --workdir W --config.model=DIR --config.data=PAIRS
-    ladd-jax aot --config configs/ladd.py:sd3-medium --preset sd3-medium --devices 8 [--resolution 1024]
-               [--device-memory 80GB] [--json] [--config.key=value ...]
-    ladd-jax export --workdir W --out DIR [--ema] [--step N] [--dtype bfloat16] [--overwrite] [--lora]
-
-`--config` and its `--config.key=value` overrides are ml_collections config flags (absl), so they are parsed
-from the arguments argparse leaves over.
+Each command's usage is in USAGE (and its `--help`). `--config` and its `--config.key=value` overrides are
+ml_collections config flags (absl), so they are parsed from the arguments argparse leaves over.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ladd_jax.errors import LaddError
 
+if TYPE_CHECKING:
+    import ml_collections
 
-def _config_flags(argv: Sequence[str], extra: dict[str, tuple]) -> object:
-    """Parses --config (an ml_collections config file with its overrides) plus `extra` absl flags."""
+USAGE = {
+    "train": "ladd-jax train --config configs/ladd.py:VARIANT --workdir W [--config.key=value ...]\n"
+    "    [--coordinator_address host:port --num_processes N --process_id I]   (else auto-detected)",
+    "pretrain": "ladd-jax pretrain --config configs/pretrain.py:toy --workdir W --config.model=DIR --config.data=DIR",
+    "dpo": "ladd-jax dpo --config configs/dpo.py:toy --workdir W --config.model=DIR --config.data=PAIRS",
+    "aot": "ladd-jax aot --config configs/ladd.py:sd3-medium --preset sd3-medium --devices 8 [--resolution 1024]\n"
+    "    [--device-memory 80GB] [--json] [--config.key=value ...]",
+}
+CONFIG_HELP = (
+    "--config FILE:VARIANT: an ml_collections config file and its variant (the file's docstring lists them);\n"
+    "--config.KEY=VALUE: override any key of it (e.g. --config.batch_size=8); the file says what each key does."
+)
+DISTRIBUTED_FLAGS = {
+    "coordinator_address": ("string", None, "host:port of process 0 (multi-process without a known launcher)"),
+    "num_processes": ("integer", None, "number of processes"),
+    "process_id": ("integer", None, "this process's index"),
+}
+TRAINER_FLAGS = {"workdir": ("string", None, "where checkpoints and logs go (resumed if present)"), **DISTRIBUTED_FLAGS}
+TRAINER_CONFIGS = {  # command: (the kind of config it runs, the files that hold one)
+    "train": ("distillation", "configs/ladd.py, add.py, lcm.py, d2g.py or dmd.py"),
+    "pretrain": ("pretraining", "configs/pretrain.py"),
+    "dpo": ("DPO", "configs/dpo.py"),
+}
+AOT_FLAGS = {
+    "preset": ("string", "sd3-medium", "the teacher architecture: an MMDiT preset"),
+    "devices": ("integer", 8, "simulated CPU devices of the abstract mesh"),
+    "resolution": ("integer", 1024, "image side in pixels"),
+    "device_memory": ("string", None, "e.g. 80GB: say whether the step fits and search the largest batch"),
+    "json": ("boolean", False, "print the report as one JSON line"),
+}
+
+
+def _config_flags(argv: Sequence[str], extra: dict[str, tuple], usage: str) -> object:
+    """Parses --config (an ml_collections config file with its overrides) plus `extra` absl flags; `usage` goes
+    into the error a bad argument raises."""
     from absl import flags
     from ml_collections import config_flags
 
+    _check_config_args(argv)
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "configs/ladd.py:VARIANT", flag_values=values)
     for name, (kind, default, help_) in extra.items():
@@ -33,28 +62,70 @@ def _config_flags(argv: Sequence[str], extra: dict[str, tuple]) -> object:
     try:
         values(["ladd-jax", *argv])
     except flags.Error as e:
-        raise LaddError(f"{e}; usage: {__doc__.split(chr(10))[2].strip()}") from None
+        raise LaddError(f"{e}; usage: {' '.join(usage.split())}") from None
     if values.config is None:
         raise LaddError("--config is required, e.g. --config configs/ladd.py:tiny")
     return values
 
 
-DISTRIBUTED_FLAGS = {
-    "coordinator_address": ("string", None, "host:port of process 0 (multi-process without a known launcher)"),
-    "num_processes": ("integer", None, "number of processes"),
-    "process_id": ("integer", None, "this process's index"),
-}
+def _check_config_args(argv: Sequence[str]) -> None:
+    """The config file, its variant and every --config.KEY override checked before absl parses them: absl and
+    ml_collections report a missing file, an unknown variant or an unknown key as a traceback (or an error holding
+    one); this raises one LaddError naming the argument and the fix."""
+    import difflib
+
+    import ml_collections
+
+    from ladd_jax.config_files import load_config_file
+
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+        spec = argv[list(argv).index("--config") + 1]
+    if spec is None:
+        return  # _config_flags says that --config is required
+    path, _, variant = spec.partition(":")
+    config = load_config_file(path, variant or None)
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key, node = arg.removeprefix("--config.").split("=", 1)[0], config
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict):
+                hint = f"{'.'.join(parts[:i])} is a value, not a group of keys"
+            elif part not in node:
+                close = difflib.get_close_matches(part, list(node.keys()), n=3)
+                hint = f"did you mean {', '.join(close)}?" if close else f"its keys here: {', '.join(node.keys())}"
+            else:
+                node = node[part]
+                continue
+            raise LaddError(f"{arg}: {spec} has no key {key!r} ({hint}); the config file lists every key")
+
+
+def _trainer_of(config: ml_collections.ConfigDict) -> str:
+    """The command a trainer config is for: a distillation config names its `method`, a DPO config its objective."""
+    if "method" in config:
+        return "train"
+    return "dpo" if config.get("objective") == "dpo" else "pretrain"
+
+
+def _require_config_for(config: ml_collections.ConfigDict, command: str, trainer: str) -> None:
+    """`ladd-jax COMMAND` runs configs of `trainer`: one clear error for a config of another trainer, which would
+    otherwise fail deep in the wrong trainer on a key it lacks."""
+    belongs = _trainer_of(config)
+    if belongs != trainer:
+        kind, files = TRAINER_CONFIGS[trainer]
+        raise LaddError(f"`ladd-jax {command}` needs a {kind} config ({files}); this one is for `ladd-jax {belongs}`")
 
 
 def _run_trainer(rest: Sequence[str], trainer: str) -> None:
-    values = _config_flags(rest, {"workdir": ("string", None, "where checkpoints and logs go"), **DISTRIBUTED_FLAGS})
+    values = _config_flags(rest, TRAINER_FLAGS, USAGE[trainer])
     if not values.workdir:
         raise LaddError("--workdir is required: the folder for checkpoints, logs and samples (resumed if present)")
+    _require_config_for(values.config, trainer, trainer)
     from ladd_jax import distributed
 
     distributed.initialize(values)
-    if trainer == "dpo" and values.config.get("objective") != "dpo":
-        raise LaddError("`ladd-jax dpo` needs a DPO config (objective 'dpo'), e.g. --config configs/dpo.py:toy")
     if trainer in ("pretrain", "dpo"):
         from ladd_jax.train.pretrain import pretrain as fn
     else:
@@ -64,7 +135,7 @@ def _run_trainer(rest: Sequence[str], trainer: str) -> None:
 
 
 def run_train(args: argparse.Namespace, rest: Sequence[str]) -> None:
-    _run_trainer(rest, "ladd")
+    _run_trainer(rest, "train")
 
 
 def run_pretrain(args: argparse.Namespace, rest: Sequence[str]) -> None:
@@ -78,16 +149,8 @@ def run_dpo(args: argparse.Namespace, rest: Sequence[str]) -> None:
 def run_aot(args: argparse.Namespace, rest: Sequence[str]) -> None:
     # absl flag names cannot hold a dash; accept the dashed spelling the other commands use.
     rest = [a.replace("--device-memory", "--device_memory", 1) if a.startswith("--device-memory") else a for a in rest]
-    values = _config_flags(
-        rest,
-        {
-            "preset": ("string", "sd3-medium", "the teacher architecture: an MMDiT preset"),
-            "devices": ("integer", 8, "simulated CPU devices of the abstract mesh"),
-            "resolution": ("integer", 1024, "image side in pixels"),
-            "device_memory": ("string", None, "e.g. 80GB: say whether the step fits and search the largest batch"),
-            "json": ("boolean", False, "print the report as one JSON line"),
-        },
-    )
+    values = _config_flags(rest, AOT_FLAGS, USAGE["aot"])
+    _require_config_for(values.config, "aot", "train")
     # Simulated devices exist only if XLA is told before JAX starts: `ladd-jax aot` is its own process.
     os.environ["XLA_FLAGS"] = (
         f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={values.devices}"
@@ -119,15 +182,31 @@ def run_export(args: argparse.Namespace, rest: Sequence[str]) -> None:
         print(f"wrote {out}: a diffusers SD3 pipeline folder with the {which}student")
 
 
+def _flags_help(flags: dict[str, tuple]) -> str:
+    """One line per absl flag: --name: its help (its default)."""
+    return "\n".join(
+        f"--{name}: {help_}" + ("" if default is None else f" (default {default})")
+        for name, (_, default, help_) in flags.items()
+    )
+
+
+def _add_config_parser(
+    sub: argparse._SubParsersAction, name: str, help_: str, flags: dict[str, tuple], fn: Callable
+) -> None:
+    """A command whose arguments are absl flags (--config and `flags`): its --help prints USAGE and the flags,
+    which argparse cannot list itself."""
+    description = f"{help_}\n\n{CONFIG_HELP}\n{_flags_help(flags)}"
+    formatter = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(name, help=help_, usage=USAGE[name], description=description, formatter_class=formatter)
+    p.set_defaults(fn=fn, takes_rest=True)
+
+
 def add_train_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="LADD distillation: --config configs/ladd.py:VARIANT --workdir W")
-    p.set_defaults(fn=run_train, takes_rest=True)
-    p = sub.add_parser("pretrain", help="rectified-flow pretraining: --config configs/pretrain.py:toy --workdir W")
-    p.set_defaults(fn=run_pretrain, takes_rest=True)
-    p = sub.add_parser("dpo", help="Diffusion-DPO (LoRA) of a teacher: --config configs/dpo.py:toy --workdir W")
-    p.set_defaults(fn=run_dpo, takes_rest=True)
-    p = sub.add_parser("aot", help="compile the LADD step ahead of time on an abstract mesh; print memory")
-    p.set_defaults(fn=run_aot, takes_rest=True)
+    _add_config_parser(sub, "train", "LADD distillation, and its baselines (configs/*.py)", TRAINER_FLAGS, run_train)
+    _add_config_parser(sub, "pretrain", "rectified-flow pretraining of a teacher", TRAINER_FLAGS, run_pretrain)
+    _add_config_parser(sub, "dpo", "Diffusion-DPO (LoRA) of a teacher", TRAINER_FLAGS, run_dpo)
+    what = "compile the LADD step ahead of time on an abstract mesh; print memory"
+    _add_config_parser(sub, "aot", what, AOT_FLAGS, run_aot)
     p = sub.add_parser("export", help="write a trained student as a diffusers SD3 pipeline folder")
     p.add_argument("--workdir", required=True, help="the training workdir")
     p.add_argument("--out", required=True, help="the pipeline folder to write")
