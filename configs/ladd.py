@@ -83,6 +83,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.disc.feature_cfg = 1.0
     # The scale for the pairs whose student sample came from t = 1 (the 1-step sampler's); None: feature_cfg.
     c.disc.feature_cfg_t1 = ml_collections.config_dict.placeholder(float)
+    # The text the discriminator side reads (the teacher's features for the heads, and the heads' conditioning):
+    # "caption" (LADD: each sample's own), or "empty" (the empty prompt's: an unconditional discriminator, which can
+    # judge realism but not whether a sample shows its caption; a control for where the student's prompt alignment
+    # comes from: alignment notes, "An unconditional discriminator").
+    c.disc.text = "caption"
     c.t_hat_mean = 1.0
     c.t_hat_std = 1.0
 

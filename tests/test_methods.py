@@ -209,6 +209,33 @@ def test_guided_features_by_hand(world, at_one):
             methods.method(tiny_config(world, "add", **{key: 3.0}))
 
 
+def test_unconditional_discriminator_by_hand(world):
+    """`disc.text` "empty" (the unconditional-discriminator control): the first D step's real logits by hand from the
+    teacher's features under the empty prompt and heads conditioned on its pooled embedding, which differ from the
+    logits under the captions; the settings that need a caption are refused."""
+    c = tiny_config(world, "ladd", **{"disc.text": "empty", "disc.output_init": "normal"})
+    setup, state, _, metrics, batch, key = one_step(c)
+    x0, ctx, pooled = (np.asarray(batch[k]) for k in ("latent", "context", "pooled"))
+    draws = jax.device_get(step_draws(c, jnp.zeros((), jnp.int32), key, x0.shape))
+    t_hat = draws["t_hat"]
+    x = (1 - t_hat[:, None, None, None]) * x0 + t_hat[:, None, None, None] * draws["eps_real"]
+    empty = [np.broadcast_to(setup.frozen[k], a.shape) for k, a in (("empty_context", ctx), ("empty_pooled", pooled))]
+
+    def real_logits(c_, p_):
+        feats = setup.models.teacher.apply(
+            {"params": setup.frozen["teacher"]}, x, t_hat, c_, p_, feature_layers=setup.models.feature_layers
+        )[1]
+        return np.mean([np.mean(z) for z in setup.models.disc.apply({"params": state.disc}, feats, t_hat, p_)])
+
+    np.testing.assert_allclose(metrics["logits_real"], real_logits(*empty), rtol=1e-4, atol=1e-6)
+    assert abs(real_logits(ctx, pooled) - real_logits(*empty)) > 1e-3  # the captions would have changed them
+    with pytest.raises(LaddError, match="disc.text='shuffled'"):
+        methods.method(tiny_config(world, "ladd", **{"disc.text": "shuffled"}))
+    for key, value in (("misaligned_weight", 1.0), ("disc.feature_cfg", 3.0)):
+        with pytest.raises(LaddError, match="gives the heads no caption"):
+            methods.method(tiny_config(world, "ladd", **{"disc.text": "empty", key: value}))
+
+
 def two_steps(config):
     """(setup, state before, after one step, after two, the first step's metrics, its batch, key): the first
     step's rates are 0 (the warm-up), the second's are not."""

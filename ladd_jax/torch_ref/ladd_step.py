@@ -12,7 +12,8 @@ optimiser out of the comparison (at step 0 the two coincide anyway: the warm-up'
 The random numbers come from `ladd_jax.train.steps.step_draws` (`torch_inputs` converts them), so both
 implementations see the same t, eps, t_hat, eps_real and eps_fake.
 
-Modelled: the hinge and non-saturating losses. R1, the misaligned pairs and the distillation loss are not
+Modelled: the hinge and non-saturating losses. R1, the misaligned pairs, the distillation loss and an
+unconditional discriminator (disc.text "empty") are not
 (`LaddReference.from_config` refuses configs that use them). Precision: float32, or bfloat16 autocast with float32
 params (the JAX models' mixed precision).
 """
@@ -257,8 +258,12 @@ class LaddReference:
     ) -> LaddReference:
         """The reference for a LADD config (configs/ladd.py); refuses the terms it does not model."""
         unmodelled = {k: config[k] for k in ("r1_gamma", "misaligned_weight", "distill_weight") if config[k]}
+        if config.disc.get("text", "caption") != "caption":
+            unmodelled["disc.text"] = config.disc.text
         if unmodelled:
-            raise LaddError(f"the PyTorch reference does not model {unmodelled}; set them to 0 to compare")
+            raise LaddError(
+                f"the PyTorch reference does not model {unmodelled}; set them to 0 (disc.text to 'caption') to compare"
+            )
         return cls(teacher, student, heads, config.loss, config.dtype)
 
     def compile(self, **options: Any) -> LaddReference:

@@ -76,7 +76,7 @@ class PixelGame(Game):
         return tuple(h[:, 1:].reshape(h.shape[0], grid, grid, h.shape[-1]) for h in hidden)
 
     def heads(self, disc_params: Any, feats: tuple[jax.Array, ...], p: jax.Array | None = None) -> Logits:
-        pooled = self.inputs[2] if p is None else p
+        pooled = self.disc_text[1] if p is None else p
         t = jnp.zeros((pooled.shape[0],), jnp.float32)
         return self.models.disc.apply({"params": disc_params}, feats, t, pooled)
 

@@ -29,7 +29,14 @@ from ladd_jax.data.records import MISMATCH_FIELDS
 from ladd_jax.errors import LaddError
 from ladd_jax.models.discriminator import init_discriminator
 from ladd_jax.train.state import Models, optimizer
-from ladd_jax.train.steps import BATCH_FIELDS, COND_FIELD, MISALIGNED_SOURCES, StepFn, make_train_step
+from ladd_jax.train.steps import (
+    BATCH_FIELDS,
+    COND_FIELD,
+    DISC_TEXTS,
+    MISALIGNED_SOURCES,
+    StepFn,
+    make_train_step,
+)
 
 METHODS = ("ladd", "add", "lcm", "d2g", "dmd")
 ANCHOR_DISTANCES = ("mse", "perceptual")  # config.anchor_distance
@@ -91,6 +98,15 @@ def method(config: ml_collections.ConfigDict) -> str:
                 f"config.disc.{key}={config.disc[key]}: ADD's heads read a pixel feature network, not the teacher, "
                 "so there are no teacher features to guide; leave it at 1 (or train method ladd)"
             )
+    text = config.disc.get("text", "caption")
+    if text not in DISC_TEXTS:
+        raise LaddError(f"config.disc.text={text!r}: use one of {DISC_TEXTS}")
+    if text == "empty" and (config.misaligned_weight or guided_features(config)):
+        raise LaddError(
+            "config.disc.text='empty' gives the heads no caption, so neither misaligned pairs nor guided features "
+            "(disc.feature_cfg, feature_cfg_t1) mean anything: set misaligned_weight=0 and the scales to 1, or "
+            "disc.text='caption'"
+        )
     if name in RENOISE_FREE and config.get("d_renoise", False):
         raise LaddError(
             f"config.d_renoise re-noises the teacher's inputs of each D update, and {RENOISE_FREE[name]}: leave "
@@ -174,7 +190,7 @@ def frozen_networks(
     distillation target); `teacher`: the (MMDiTConfig, params) already loaded, so that no folder's transformer is
     read twice."""
     networks = _method_networks(config, teacher_folder)
-    if guides_teacher(config):  # the teacher's CFG needs the empty prompt's embeddings
+    if guides_teacher(config) or config.disc.get("text", "caption") == "empty":  # CFG or text-free heads
         from ladd_jax.pipeline import SD3Pipeline
         from ladd_jax.train.uncond import empty_prompt
 
@@ -188,9 +204,13 @@ def guides_teacher(config: ml_collections.ConfigDict) -> bool:
     """Whether the step runs the teacher with CFG: LCM's ODE step, a guided distillation target, or guided features
     for the heads."""
     guided_target = bool(config.distill_weight and config.get("distill_cfg", 1.0) != 1.0)
+    return method(config) == "lcm" or guided_target or guided_features(config)
+
+
+def guided_features(config: ml_collections.ConfigDict) -> bool:
+    """Whether the heads read CFG-guided teacher features (disc.feature_cfg or feature_cfg_t1 above 1)."""
     scales = (config.disc.get("feature_cfg", 1.0), config.disc.get("feature_cfg_t1"))
-    guided_features = bool(config.adv_weight and any(s not in (None, 1.0) for s in scales))
-    return method(config) == "lcm" or guided_target or guided_features
+    return bool(config.adv_weight and any(s not in (None, 1.0) for s in scales))
 
 
 def _method_networks(config: ml_collections.ConfigDict, teacher_folder: Path | None) -> FrozenNetworks:

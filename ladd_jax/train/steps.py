@@ -8,6 +8,7 @@ regression game are subclasses, train/add.py and train/regression.py) with the o
     x0_hat = x_t - t * student(x_t, t)
     real   = teacher features of (1 - t_hat) x0     + t_hat eps_r      t_hat ~ logit-normal(m, s)
     fake   = teacher features of (1 - t_hat) x0_hat + t_hat eps_f
+             (both, and the heads' conditioning, under the batch's captions; disc.text "empty": the empty prompt's)
     D step (x d_steps): heads <- heads - grad_heads [d_loss(D(real), D(fake)) + gamma/2 R1 + w * misaligned]
                         misaligned: real latents under text they do not match, as fakes
                         d_renoise: each update after the first re-noises x0 and x0_hat afresh (t_hat, eps)
@@ -59,6 +60,7 @@ BATCH_FIELDS = ("latent", "context", "pooled")
 # source image's latent), concatenated to x on the channel axis of every model input (config.conditioned).
 COND_FIELD = "cond"
 MISALIGNED_SOURCES = ("batch", "records")
+DISC_TEXTS = ("caption", "empty")  # config.disc.text: what text the discriminator side reads
 Draws = dict[str, jax.Array]  # see `step_draws`
 RENOISE_KEY = 6  # fold_in tag of the D updates' own re-noising draws (config.d_renoise), apart from the six above
 AUGMENT_KEY = 7  # fold_in tag of the perceptual distance's augmentations (regression, the anchor), apart from both
@@ -152,13 +154,18 @@ def with_empty_prompt(
 ) -> tuple[jax.Array, ...]:
     """A teacher's inputs of twice the batch: (x, t, ctx, pooled) under the text, then under the empty prompt
     (frozen "empty_context" / "empty_pooled"), for classifier-free guidance in one pass."""
-    both = lambda a, empty: jnp.concatenate([a, jnp.broadcast_to(empty, a.shape).astype(a.dtype)])
+    both = lambda a, empty: jnp.concatenate([a, empty_like(a, empty)])
     return (
         jnp.concatenate([x, x]),
         jnp.concatenate([t, t]),
         both(ctx, frozen["empty_context"]),
         both(pooled, frozen["empty_pooled"]),
     )
+
+
+def empty_like(a: jax.Array, empty: jax.Array) -> jax.Array:
+    """The empty prompt's embedding `empty` (one sample's) broadcast to the batch of text embeddings `a`."""
+    return jnp.broadcast_to(empty, a.shape).astype(a.dtype)
 
 
 def ema_update(ema: Any, params: Any, decay: float) -> Any:
@@ -211,6 +218,16 @@ class Game:
     def inputs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(x0, context, pooled)."""
         return tuple(self.batch[k] for k in BATCH_FIELDS)
+
+    @property
+    def disc_text(self) -> tuple[jax.Array, jax.Array]:
+        """(context, pooled) the discriminator side reads (the teacher's features for the heads, and the heads' own
+        conditioning): the batch's captions (disc.text "caption"), or the empty prompt's (disc.text "empty": an
+        unconditional discriminator, which can judge realism but not whether a sample shows its caption)."""
+        _, ctx, pooled = self.inputs
+        if self.config.disc.get("text", "caption") == "caption":
+            return ctx, pooled
+        return empty_like(ctx, self.frozen["empty_context"]), empty_like(pooled, self.frozen["empty_pooled"])
 
     @property
     def misaligned_text(self) -> tuple[jax.Array, jax.Array]:
@@ -295,28 +312,26 @@ class Game:
         """disc_params -> `d_objective` on this game's re-noising of the real latents and of the student's samples
         `x0_hat` (constants); `fake`: their features when already computed (`fake_features`)."""
         if fake is None:
-            _, ctx, pooled = self.inputs
-            fake = self.features(jax.lax.stop_gradient(x0_hat), self.draws["eps_fake"], ctx, pooled)
+            fake = self.features(jax.lax.stop_gradient(x0_hat), self.draws["eps_fake"], *self.disc_text)
         return functools.partial(self.d_objective, feats=self.d_features(fake))
 
     def heads(self, disc_params: Any, feats: tuple[jax.Array, ...], p: jax.Array | None = None) -> Logits:
-        """The heads' logits; `p` replaces the batch's pooled text (the misaligned pairs)."""
-        pooled = self.inputs[2] if p is None else p
+        """The heads' logits; `p` replaces the pooled text of `disc_text` (the misaligned pairs)."""
+        pooled = self.disc_text[1] if p is None else p
         return self.models.disc.apply({"params": disc_params}, feats, self.draws["t_hat"], pooled)
 
     def fake_features(self, x0_hat: jax.Array) -> tuple[tuple[jax.Array, ...], Callable]:
         """The teacher's features of the student's samples (re-noised with eps_fake) and their vjp: one teacher
         pass serves the D step (its outputs, as constants) and the G step (the vjp carries the heads' gradient on
         the features back to x0_hat), where computing it twice would cost a teacher forward pass per step."""
-        _, ctx, pooled = self.inputs
-        return jax.vjp(lambda x: self.features(x, self.draws["eps_fake"], ctx, pooled), x0_hat)
+        return jax.vjp(lambda x: self.features(x, self.draws["eps_fake"], *self.disc_text), x0_hat)
 
     def d_features(self, fake: tuple[jax.Array, ...]) -> Features:
         """The D step's features, constants: the real ones computed here, the fakes' given (`fake_features`);
         shared by the d_steps updates."""
-        x0, ctx, pooled = self.inputs
+        x0 = self.inputs[0]
         feats = dict(
-            real=jax.lax.stop_gradient(self.features(x0, self.draws["eps_real"], ctx, pooled)),
+            real=jax.lax.stop_gradient(self.features(x0, self.draws["eps_real"], *self.disc_text)),
             fake=jax.lax.stop_gradient(fake),
         )
         if self.config.misaligned_weight:  # real latents with text they do not match: fakes with respect to that text

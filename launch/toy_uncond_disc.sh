@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# An unconditional discriminator (ladd_jax/toy/assets/alignment/README.md, "An unconditional discriminator"): where
+# does the LADD student's prompt alignment come from? The demo's 150 LADD steps with the heads, and the teacher's
+# features they read, under each sample's caption (the toy config) and under the empty prompt (disc.text=empty: the
+# heads can judge realism, not whether a sample shows its caption), at seeds 0, 1 and 2; then `ladd-jax evaluate` of
+# the six students on the demo's prompts and noise. On 2 CPU cores (a Zen 5 EPYC) about 10 minutes.
+#
+#   bash launch/toy_uncond_disc.sh     # OUT=runs/uncond_disc
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/uncond_disc}
+runs=(--run toy= --run empty=disc.text=empty)
+for seed in 1 2; do runs+=(--run "toy_s$seed=seed=$seed" --run "empty_s$seed=disc.text=empty,seed=$seed"); done
+python launch/toy_ladd_sweep.py --out "$OUT/sweep" --steps 150 --eval-every 25 "${runs[@]}" \
+  --curves uncond=toy,empty,toy_s1,empty_s1,toy_s2,empty_s2
+students=()
+for name in toy empty toy_s1 empty_s1 toy_s2 empty_s2; do students+=(--student "$name=$OUT/sweep/$name/student"); done
+ladd-jax evaluate --out "$OUT/compare" "${students[@]}"
