@@ -98,10 +98,9 @@ def method(config: ml_collections.ConfigDict) -> str:
                 f"config.disc.{key}={config.disc[key]}: ADD's heads read a pixel feature network, not the teacher, "
                 "so there are no teacher features to guide; leave it at 1 (or train method ladd)"
             )
-    text = config.disc.get("text", "caption")
-    if text not in DISC_TEXTS:
-        raise LaddError(f"config.disc.text={text!r}: use one of {DISC_TEXTS}")
-    if text == "empty" and (config.misaligned_weight or guided_features(config)):
+    if config.disc.get("text", "caption") not in DISC_TEXTS:
+        raise LaddError(f"config.disc.text={config.disc.text!r}: use one of {DISC_TEXTS}")
+    if caption_blind(config) and (config.misaligned_weight or guided_features(config)):
         raise LaddError(
             "config.disc.text='empty' gives the heads no caption, so neither misaligned pairs nor guided features "
             "(disc.feature_cfg, feature_cfg_t1) mean anything: set misaligned_weight=0 and the scales to 1, or "
@@ -190,7 +189,7 @@ def frozen_networks(
     distillation target); `teacher`: the (MMDiTConfig, params) already loaded, so that no folder's transformer is
     read twice."""
     networks = _method_networks(config, teacher_folder)
-    if guides_teacher(config) or config.disc.get("text", "caption") == "empty":  # CFG or text-free heads
+    if guides_teacher(config) or caption_blind(config):  # both need the empty prompt's embeddings
         from ladd_jax.pipeline import SD3Pipeline
         from ladd_jax.train.uncond import empty_prompt
 
@@ -205,6 +204,11 @@ def guides_teacher(config: ml_collections.ConfigDict) -> bool:
     for the heads."""
     guided_target = bool(config.distill_weight and config.get("distill_cfg", 1.0) != 1.0)
     return method(config) == "lcm" or guided_target or guided_features(config)
+
+
+def caption_blind(config: ml_collections.ConfigDict) -> bool:
+    """Whether the discriminator side reads the empty prompt instead of the captions (disc.text "empty")."""
+    return config.disc.get("text", "caption") == "empty"
 
 
 def guided_features(config: ml_collections.ConfigDict) -> bool:
