@@ -5,7 +5,7 @@
 # heads can judge realism, not whether a sample shows its caption), at seeds 0, 1 and 2; then `ladd-jax evaluate` of
 # the six students on the demo's prompts and noise. Then both again with every student update at t = 1 (no input
 # that carries a latent of the caption), seeds 0 and 1: what the student keeps from its initialisation alone. On 2
-# CPU cores (a Zen 5 EPYC) about 16 minutes.
+# CPU cores (a Zen 5 EPYC) about 14 minutes.
 #
 #   bash launch/toy_uncond_disc.sh     # OUT=runs/uncond_disc
 set -euo pipefail
