@@ -5,12 +5,21 @@
 # heads can judge realism, not whether a sample shows its caption), at seeds 0, 1 and 2; then `ladd-jax evaluate` of
 # the six students on the demo's prompts and noise. Then both again with every student update at t = 1 (no input
 # that carries a latent of the caption), seeds 0 and 1: what the student keeps from its initialisation alone. On 2
-# CPU cores (a Zen 5 EPYC) about 14 minutes.
+# CPU cores (a Zen 5 EPYC) about 14 minutes. PART=3 runs the third part alone instead: the anchored mix
+# (configs/dmd.py:toy-anchored, 4800 steps, the route of `ladd-jax demo --recipe anchored-mix`) with its heads reading
+# the caption and reading the empty prompt, seed 0, about 50 minutes.
 #
 #   bash launch/toy_uncond_disc.sh     # OUT=runs/uncond_disc
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/uncond_disc}
+if [ "${PART:-}" = 3 ]; then
+  python launch/toy_ladd_sweep.py --out "$OUT/sweep" --steps 4800 --eval-every 800 \
+    --run "anc@dmd:toy-anchored=" --run "anc_empty@dmd:toy-anchored=disc.text=empty" --curves uncond_anchored=anc,anc_empty
+  ladd-jax evaluate --out "$OUT/compare_anchored" --student "anc=$OUT/sweep/anc/student" \
+    --student "anc_empty=$OUT/sweep/anc_empty/student"
+  exit 0
+fi
 runs=(--run toy= --run empty=disc.text=empty)
 for seed in 1 2; do runs+=(--run "toy_s$seed=seed=$seed" --run "empty_s$seed=disc.text=empty,seed=$seed"); done
 python launch/toy_ladd_sweep.py --out "$OUT/sweep" --steps 150 --eval-every 25 "${runs[@]}" \
