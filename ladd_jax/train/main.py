@@ -54,24 +54,27 @@ def _config_flags(argv: Sequence[str], extra: dict[str, tuple], usage: str) -> o
     from absl import flags
     from ml_collections import config_flags
 
-    _check_config_args(argv)
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "configs/ladd.py:VARIANT", flag_values=values)
     for name, (kind, default, help_) in extra.items():
         getattr(flags, f"DEFINE_{kind}")(name, default, help_, flag_values=values)
     try:
         values(["ladd-jax", *argv])
-    except flags.Error as e:
+        config = values.config
+        if config is not None:  # ml_collections defers a failed load to the config's first use
+            config.get("method")
+    except (flags.Error, AttributeError, KeyError, OSError) as e:
+        _explain_config_args(argv)  # absl and ml_collections report these as tracebacks: name the argument instead
         raise LaddError(f"{e}; usage: {' '.join(usage.split())}") from None
-    if values.config is None:
+    if config is None:
         raise LaddError("--config is required, e.g. --config configs/ladd.py:tiny")
     return values
 
 
-def _check_config_args(argv: Sequence[str]) -> None:
-    """The config file, its variant and every --config.KEY override checked before absl parses them: absl and
-    ml_collections report a missing file, an unknown variant or an unknown key as a traceback (or an error holding
-    one); this raises one LaddError naming the argument and the fix."""
+def _explain_config_args(argv: Sequence[str]) -> None:
+    """After absl failed to parse `argv`: one LaddError naming the argument and the fix when the config file is
+    missing, its variant unknown or a --config.KEY override names no key (absl and ml_collections report these as
+    a traceback, or an error holding one); returns when none of these is the cause."""
     import difflib
 
     import ml_collections
@@ -82,7 +85,7 @@ def _check_config_args(argv: Sequence[str]) -> None:
     if spec is None and "--config" in argv[:-1]:
         spec = argv[list(argv).index("--config") + 1]
     if spec is None:
-        return  # _config_flags says that --config is required
+        return
     path, _, variant = spec.partition(":")
     config = load_config_file(path, variant or None)
     for arg in argv:
