@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ladd_jax import arguments
 from ladd_jax.errors import LaddError
 
 
@@ -21,7 +22,7 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--negative-prompt", default="", help="one negative prompt for every image (default: empty)")
     p.add_argument("--steps", type=int, default=28, help="Euler steps")
     p.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale (<= 1: none)")
-    p.add_argument("--seed", type=int, default=0, help="the first column's seed (jax.random, not torch's)")
+    p.add_argument("--seed", type=arguments.seed, default=0, help="the first column's seed (jax.random, not torch's)")
     p.add_argument("--seeds", type=int, default=1, help="columns of the grid: seeds seed, seed+1, ...")
     p.add_argument("--height", type=int, default=None, help="pixels (default: the model's, 1024 for SD3)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the model's, 1024 for SD3)")

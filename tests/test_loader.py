@@ -172,6 +172,11 @@ def test_bad_batch_sizes(data):
         Loader(data, 2, mesh(), batch_axes=("fsdp",))
 
 
+def test_a_negative_seed_is_named(data):
+    with pytest.raises(LaddError, match="config.seed\\) must be a non-negative integer, got -1"):
+        Loader(data, 2, mesh(), seed=-1)
+
+
 def test_corrupt_record_is_named_or_skipped(tmp_path):
     folder = write_dataset(tmp_path / "bad", num=6, shard_size=3)
     shard = folder / read_manifest(folder)["shards"][1]["file"]

@@ -350,6 +350,8 @@ def test_bad_bucket_settings(folder, prompts, tmp_path):
         run(buckets="32x32", height=32)
     with pytest.raises(LaddError, match="has no 'size' column; use .jsonl"):
         run(buckets="32x32", bucket_column="size")
+    with pytest.raises(LaddError, match="seed must be a non-negative integer .*got -1"):
+        run(buckets="32x32", seed=-1)
     jsonl = tmp_path / "p.jsonl"
     jsonl.write_text('{"prompt": "a cat", "size": "32x32"}\n{"prompt": "a dog", "size": "16x16"}\n')
     with pytest.raises(LaddError, match="row 1: bucket '16x16' is not one of the job's buckets"):

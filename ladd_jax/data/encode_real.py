@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ladd_jax import arguments
 from ladd_jax.conditioning import cond_channels, make_cond
 from ladd_jax.data.records import STORE_DTYPES, check_output_folder, make_manifest, record_seeds, write_shards
 from ladd_jax.data.synth import TEXT_COMPONENTS, loaded_pipeline, pipeline_fingerprint
@@ -261,7 +262,7 @@ def add_encode_real_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=None, help="pixels (default: the first image's)")
     p.add_argument("--batch-size", type=int, default=1, help="images per local device per call")
     p.add_argument("--latent", choices=LATENT_KINDS, default="mean", help="the VAE posterior's mean or a sample")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the posterior samples")
+    p.add_argument("--seed", type=arguments.seed, default=0, help="base seed of the posterior samples")
     p.add_argument("--max-sequence-length", type=int, default=256, help="T5 tokens")
     p.add_argument(
         "--text-embeddings",

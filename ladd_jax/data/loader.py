@@ -178,6 +178,11 @@ class Loader:
         prefetch: int = 2,
         skip_corrupt: bool = False,
     ):
+        if seed < 0:
+            raise LaddError(
+                f"the loader's seed (a trainer's config.seed) must be a non-negative integer, got {seed}: numpy "
+                "shuffles the records with it"
+            )
         manifest = read_manifest(data_dir)
         fields = tuple(fields)
         missing = [f for f in fields if f not in manifest["fields"]]

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ladd_jax import arguments
 from ladd_jax.data.buckets import Bucket, assign_buckets, buckets_from_column, resolve_buckets
 from ladd_jax.data.records import (
     MISMATCH_FIELDS,
@@ -94,6 +95,8 @@ class SynthConfig:
         for name in ("num_steps", "batch_size", "shard_size"):
             if getattr(self, name) < 1:
                 raise LaddError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise LaddError(f"seed must be a non-negative integer (numpy draws the buckets from it), got {self.seed}")
         if self.num_prompts is not None and self.num_prompts < 1:
             raise LaddError(f"num_prompts must be at least 1 (or unset for all), got {self.num_prompts}")
         if self.store_dtype not in STORE_DTYPES:
@@ -432,7 +435,9 @@ def add_synth_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 7.0; <= 1: none)")
     p.add_argument("--height", type=int, help="pixels (default: the model's, 1024 for SD3)")
     p.add_argument("--width", type=int, help="pixels (default: the model's, 1024 for SD3)")
-    p.add_argument("--seed", type=int, help="base seed: item i's noise comes from (seed, i) alone (default 0)")
+    p.add_argument(
+        "--seed", type=arguments.seed, help="base seed: item i's noise comes from (seed, i) alone (default 0)"
+    )
     p.add_argument("--max-sequence-length", dest="max_sequence_length", type=int, help="T5 tokens (default 256)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="prompts per local device per call (default 1)")
     p.add_argument("--shard-size", dest="shard_size", type=int, help="records per shard (default 256)")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ladd_jax import arguments
 from ladd_jax.errors import LaddError
 
 # The CLI registers this module's subcommand at start-up: jax, flax and the models load only when used.
@@ -321,7 +322,7 @@ def add_toy_components_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-images", type=int, default=256, help="held-out (test-split) renders for the PSNR")
     p.add_argument("--teacher-layers", type=int, default=4, help="blocks of the (untrained) MMDiT teacher")
     p.add_argument("--shift", type=float, default=1.0, help="the scheduler's timestep shift")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(fn=run_toy_components)
 
@@ -400,7 +401,7 @@ def add_toy_vae_decoder_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     p.add_argument("--train-images", type=int, default=16384, help="rendered train-split images")
     p.add_argument("--eval-images", type=int, default=512, help="held-out (test-split) renders for the PSNR")
-    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--seed", type=arguments.seed, default=3)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(fn=run_toy_vae_decoder)
 

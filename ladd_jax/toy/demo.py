@@ -36,6 +36,7 @@ from typing import Any
 
 import jax
 
+from ladd_jax import arguments
 from ladd_jax.errors import LaddError
 
 # launch/toy_*.py import ASSETS, Measure and Sampler from here too.
@@ -275,7 +276,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ladd-steps", type=int, default=None, help=what)
     p.add_argument("--no-control", action="store_true", help="skip the frozen-heads control run")
     what = "seed of the prompts, the synthesis noise, the runs and the evaluation's prompts and renders"
-    p.add_argument("--seed", type=int, default=0, help=what)
+    p.add_argument("--seed", type=arguments.seed, default=0, help=what)
     p.add_argument(
         "--multi-aspect", action="store_true", help="synthesise, distil and measure at 64x64, 48x80 and 80x48"
     )

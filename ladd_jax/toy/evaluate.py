@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ladd_jax import arguments
 from ladd_jax.errors import LaddError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -401,7 +402,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "--eval-prompts", type=int, default=None, metavar="N", help="prompts per split (default 256; quick 48)"
     )
     p.add_argument("--quick", action="store_true", help="fewer prompts, reference images and teacher steps")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the prompts, noise and renders")
+    p.add_argument("--seed", type=arguments.seed, default=0, metavar="S", help="seed of the prompts, noise and renders")
     p.set_defaults(fn=_run_cli)
 
 

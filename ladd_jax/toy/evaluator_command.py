@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ladd_jax import arguments
 from ladd_jax.errors import LaddError
 
 DEFAULTS = "default: TrainConfig's, in ladd_jax/toy/evaluator.py"  # not imported here: it would load jax
@@ -17,7 +18,7 @@ def add_toy_evaluator_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help=DEFAULTS)
     p.add_argument("--pool-size", type=int, default=None, help="rendered training images; " + DEFAULTS)
     p.add_argument("--bucket", default=None, help="HEIGHTxWIDTH: the toy world drawn at this bucket (default 64x64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(fn=run_toy_evaluator)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ladd_jax import arguments
 from ladd_jax.toy.components import read_toy_world
 from ladd_jax.toy.editing import write_editing_folder
 from ladd_jax.toy.inpainting import write_inpainting_folder
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--world", required=True, help="a toy pipeline folder (its toy_world.json)")
     p.add_argument("--split", choices=("train", "test"), required=True)
     p.add_argument("--num", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from ladd_jax import arguments
 from ladd_jax.atomic import check_writable_destination
 from ladd_jax.convert.vae import load_vae
 from ladd_jax.errors import LaddError
@@ -326,7 +327,7 @@ def run_trainer_cli(
     p.add_argument("--teacher", required=True, help="a toy SD3 folder (its toy_world.json and vae/)")
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--steps", type=int, default=config_type.steps, help="optimizer steps (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=config_type.seed, help="(default: %(default)s)")
+    p.add_argument("--seed", type=arguments.seed, default=config_type.seed, help="(default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     args = p.parse_args(argv)
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ladd_jax import arguments
 from ladd_jax.data.preferences import write_pairs
 from ladd_jax.errors import LaddError
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20, help="the teacher's Euler steps")
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--min-margin", type=float, default=0.1, help="least score gap between chosen and rejected")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--scorer", choices=SCORERS, default="judge", help="random: the control (writes OUT/pairs_random)")
     args = p.parse_args(argv)
     manifest = make_toy_pairs(

@@ -1,0 +1,48 @@
+"""Every command's `--seed` reads the same way: a negative seed is one clear argparse error, not a numpy traceback
+from deep inside a run (the toy world's prompts, the buckets and the loader's order are numpy draws)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from ladd_jax.cli import build_parser, main
+
+
+def _commands_with_a_seed() -> dict[str, argparse.ArgumentParser]:
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        name: sub
+        for name, sub in subparsers.choices.items()
+        if any("--seed" in action.option_strings for action in sub._actions)
+    }
+
+
+def test_the_commands_that_draw_from_a_seed_are_found():
+    assert {"demo", "evaluate", "synth", "encode-real", "sample", "toy-components", "toy-evaluator"} <= set(
+        _commands_with_a_seed()
+    )
+
+
+@pytest.mark.parametrize("command", sorted(_commands_with_a_seed()))
+def test_a_negative_seed_is_one_clear_error(command, capsys):
+    parser = _commands_with_a_seed()[command]
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--seed", "-1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --seed: a seed is a non-negative integer, got -1: pass 0 or more" in err, err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seed", "x"])
+    assert "a seed is a non-negative integer, got 'x'" in capsys.readouterr().err
+    seed_action = next(a for a in parser._actions if "--seed" in a.option_strings)
+    assert seed_action.type("0") == 0 and seed_action.type("7") == 7
+
+
+def test_the_demo_refuses_a_negative_seed_before_writing_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "o"), "--seed", "-1"])
+    assert exit_info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
