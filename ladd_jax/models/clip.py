@@ -33,6 +33,16 @@ HF_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "swish": jax.nn.silu,
 }
 
+
+def check_attention_layout(hidden_act: str, hidden_size: int, num_attention_heads: int) -> None:
+    """The checks a transformers encoder config shares: an activation we implement, and heads that split the
+    width evenly."""
+    if hidden_act not in HF_ACTIVATIONS:
+        raise LaddError(f"hidden_act={hidden_act!r} is not supported; use one of {sorted(HF_ACTIVATIONS)}")
+    if hidden_size % num_attention_heads:
+        raise LaddError(f"hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_attention_heads})")
+
+
 _HF_FIELDS = (
     "vocab_size",
     "hidden_size",
@@ -88,13 +98,7 @@ class CLIPTextConfig:
     pad_token_id: int | None = 1
 
     def __post_init__(self):
-        if self.hidden_act not in HF_ACTIVATIONS:
-            raise LaddError(f"hidden_act={self.hidden_act!r} is not supported; use one of {sorted(HF_ACTIVATIONS)}")
-        if self.hidden_size % self.num_attention_heads:
-            raise LaddError(
-                f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
+        check_attention_layout(self.hidden_act, self.hidden_size, self.num_attention_heads)
         if not isinstance(self.eos_token_id, int) or isinstance(self.eos_token_id, bool):
             raise LaddError(f"eos_token_id must be one integer, got {self.eos_token_id!r}")
         if not isinstance(self.projection_dim, int):

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ladd_jax.errors import LaddError
-from ladd_jax.models.clip import HF_ACTIVATIONS, torch_layer_norm
+from ladd_jax.models.clip import HF_ACTIVATIONS, check_attention_layout, torch_layer_norm
 
 _HF_FIELDS = (
     "hidden_size",
@@ -68,13 +68,7 @@ class Dinov2Config:
     dtype: str = "float32"  # activations and matmuls; params stay fp32
 
     def __post_init__(self):
-        if self.hidden_act not in HF_ACTIVATIONS:
-            raise LaddError(f"hidden_act={self.hidden_act!r} is not supported; use one of {sorted(HF_ACTIVATIONS)}")
-        if self.hidden_size % self.num_attention_heads:
-            raise LaddError(
-                f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
+        check_attention_layout(self.hidden_act, self.hidden_size, self.num_attention_heads)
         for name in ("image_size", "patch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
