@@ -24,6 +24,19 @@ def check_writable_destination(dst: Path, overwrite: bool) -> None:
         raise LaddError(f"cannot write {dst}: folder {parent} is not writable; choose another destination")
 
 
+def make_writable_folder(folder: str | Path, what: str, flag: str = "--out") -> Path:
+    """`folder`, created if it is not there and checked writable; one clear error (naming it as `what`, the fix as
+    `flag`) where it cannot be."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):  # a unique name: processes of one run probe the same folder
+            pass
+    except OSError as e:
+        raise LaddError(f"cannot write {what} {folder} ({e.strerror}); choose another {flag}") from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(dst: str | os.PathLike, overwrite: bool = False, is_dir: bool = True) -> Iterator[Path]:
     """Yields a temporary sibling path to write; on success it replaces `dst`, on failure it is removed."""

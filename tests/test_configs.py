@@ -92,3 +92,50 @@ def test_trainer_commands_help_lists_their_flags(capsys):
     out = capsys.readouterr().out
     assert "usage: ladd-jax train --config configs/ladd.py:VARIANT --workdir W" in out
     assert all(f in out for f in ("--config FILE:VARIANT", "--config.KEY=VALUE", "--workdir", "--coordinator_address"))
+
+
+@pytest.mark.parametrize("file", ["ladd.py", "add.py", "lcm.py", "d2g.py", "dmd.py"])
+def test_every_shipped_config_passes_the_run_check(file):
+    from ladd_jax.train.runner import check_run_config
+
+    for variant in VARIANTS:
+        check_run_config(load_config_file(CONFIGS / file, variant))
+    for file, variants in (("pretrain.py", ("toy", "toy-polish-4", "toy-edit", "tiny")), ("dpo.py", ("toy", "tiny"))):
+        for variant in variants:
+            check_run_config(load_config_file(CONFIGS / file, variant))
+
+
+@pytest.mark.parametrize(
+    "command, config, override, expected",
+    [
+        ("train", "ladd.py:toy", "--config.total_steps=0", "config.total_steps must be at least 1, got 0"),
+        ("train", "ladd.py:toy", "--config.log_every=0", "config.log_every must be at least 1, got 0"),
+        ("train", "ladd.py:toy", "--config.eval_every=-5", "config.eval_every must be 0 (never) or a number"),
+        ("train", "ladd.py:toy", "--config.g_lr=-1e-4", "must be 0 (frozen) or more, got {'g_lr': -0.0001}"),
+        ("train", "dmd.py:toy", "--config.dmd.fake_score_lr=-1.0", "got {'dmd.fake_score_lr': -1.0}"),
+        ("train", "ladd.py:toy", "--config.ema_decay=1.5", "config.ema_decay must be in [0, 1]"),
+        ("train", "ladd.py:toy", "--config.seed=-1", "config.seed must be a non-negative integer"),
+        ("pretrain", "pretrain.py:toy", "--config.lr=-0.001", "got {'lr': -0.001}"),
+        ("dpo", "dpo.py:toy", "--config.checkpoint_every=0", "config.checkpoint_every must be at least 1, got 0"),
+    ],
+)
+def test_trainers_refuse_unusable_steps_rates_and_ema_before_writing(
+    command, config, override, expected, tmp_path, capsys
+):
+    """A negative rate would train uphill without a word, a zero interval divide by zero at the first step, a
+    negative seed fail in numpy after the teacher is loaded: each is one line, and the workdir is not made."""
+    from ladd_jax.cli import main
+
+    workdir = tmp_path / "w"
+    assert main([command, "--config", str(CONFIGS / config), override, "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not workdir.exists()
+
+
+def test_an_unwritable_workdir_is_one_clear_error(capsys):
+    from ladd_jax.cli import main
+
+    assert main(["train", "--config", f"{CONFIGS / 'ladd.py'}:toy", "--workdir", "/proc/x"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the workdir /proc/x (No such file or directory); choose another --workdir" in err, err

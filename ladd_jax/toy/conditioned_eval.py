@@ -179,8 +179,9 @@ def evaluate(
     """Samples and measures the teacher and `students` on each split's items (`item_folders`: split -> folder);
     writes `out`. `extra`: (entries for metrics.json, report blocks placed after the tables), e.g. training
     curves."""
+    from ladd_jax.atomic import make_writable_folder
     from ladd_jax.pipeline import SD3Pipeline
-    from ladd_jax.toy.evaluate import ASSETS, make_out_dir, require_pipeline_folder
+    from ladd_jax.toy.evaluate import ASSETS, require_pipeline_folder
     from ladd_jax.toy.evaluator import load_evaluator
     from ladd_jax.toy.metrics import reference_stats
     from ladd_jax.toy.report import Figure, labelled_grid, write_reports
@@ -188,7 +189,7 @@ def evaluate(
     check_kind(kind)
     start = time.perf_counter()
     require_pipeline_folder(Path(teacher_dir), f"the {kind} teacher", "train it with launch/toy_conditioned.sh")
-    out = make_out_dir(out, "the evaluation's output folder")
+    out = make_writable_folder(out, "the evaluation's output folder")
     teacher = SD3Pipeline.from_pretrained(teacher_dir)
     evaluator = load_evaluator(evaluator_dir or ASSETS / "evaluator")
     result: dict[str, Any] = dict(kind=kind, teacher=str(Path(teacher_dir).resolve()), rows={})

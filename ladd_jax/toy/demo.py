@@ -37,6 +37,7 @@ from typing import Any
 import jax
 
 from ladd_jax import arguments
+from ladd_jax.atomic import make_writable_folder
 from ladd_jax.errors import LaddError
 
 # launch/toy_*.py import ASSETS, Measure and Sampler from here too.
@@ -47,7 +48,6 @@ from ladd_jax.toy.evaluate import (
     Measure,
     Sampler,
     evaluate_students,
-    make_out_dir,
     print_rows,
     require_pipeline_folder,
 )
@@ -158,7 +158,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: Calla
         raise LaddError(f"unknown demo recipe {config.recipe!r}; choose one of {sorted(RECIPES)}")
     recipe = RECIPES[config.recipe]
     require_pipeline_folder(config.teacher, "the toy teacher", f"build it first ({TEACHER_FIX})")
-    out = make_out_dir(out, "the demo's output folder").resolve()
+    out = make_writable_folder(out, "the demo's output folder").resolve()
     world = read_toy_world(config.teacher)
     evaluator = load_evaluator(config.evaluator)
     run = load_ladd_config(recipe.variant, recipe.file)

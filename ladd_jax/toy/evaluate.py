@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ladd_jax import arguments
+from ladd_jax.atomic import make_writable_folder
 from ladd_jax.errors import LaddError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -44,19 +45,6 @@ class EvalConfig:
 
 
 QUICK = dict(eval_prompts=48, reference_images=256, grid_prompts=1, grid_seeds=2, synth_steps=8)
-
-
-def make_out_dir(out: str | Path, what: str) -> Path:
-    """The output folder, created; one clear error (naming it as `what`) where it cannot be."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise LaddError(f"cannot write {what} {out} ({e.strerror}); choose another --out") from None
-    return out
 
 
 def require_pipeline_folder(folder: Path, what: str, fix: str) -> None:
@@ -323,7 +311,7 @@ def run_evaluate(
         raise LaddError("no students to evaluate; name at least one with --student [NAME=]DIR")
     check_students(students)
     require_pipeline_folder(teacher, "the teacher", f"pass the toy teacher folder with --teacher DIR ({TEACHER_FIX})")
-    out = make_out_dir(out, "the evaluation's output folder").resolve()
+    out = make_writable_folder(out, "the evaluation's output folder").resolve()
     world = read_toy_world(teacher)
     scorer = load_evaluator(evaluator)
     pipe = SD3Pipeline.from_pretrained(teacher)

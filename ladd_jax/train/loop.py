@@ -21,13 +21,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ladd_jax.atomic import make_writable_folder
 from ladd_jax.convert.mmdit import load_mmdit
 from ladd_jax.data.loader import Loader
 from ladd_jax.errors import LaddError
 from ladd_jax.models.lora import init_lora
 from ladd_jax.train import methods, sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
-from ladd_jax.train.runner import CompiledSteps, resume_or_init, run_steps
+from ladd_jax.train.runner import CompiledSteps, check_run_config, resume_or_init, run_steps
 from ladd_jax.train.state import Models, init_state, make_models
 from ladd_jax.train.steps import BATCH_FIELDS, COND_FIELD, jit_train_step
 from ladd_jax.train.student import init_student, lora_spec, student_architecture
@@ -205,8 +206,8 @@ def train_and_evaluate(
         raise LaddError("the sample grid draws text-to-image samples; a conditioned run needs config.sample_every=0")
     for warning in methods.stalled_game_warnings(config):
         logger.warning(warning)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_run_config(config)
+    workdir = make_writable_folder(workdir, "the workdir", "--workdir")
     mesh = sharding.make_mesh(**config.mesh)
     loader = make_loader(config, mesh)
     setup, student_host, disc_host = build(config, loader.element_spec, mesh)

@@ -55,11 +55,14 @@ def _config_flags(argv: Sequence[str], extra: dict[str, tuple], usage: str) -> o
     from ml_collections import config_flags
 
     values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "configs/ladd.py:VARIANT", flag_values=values)
+    # ml_collections finds the --config.KEY overrides in sys_argv (default: the process's sys.argv, which is not
+    # `argv` when main() is called from Python).
+    full_argv = ["ladd-jax", *argv]
+    config_flags.DEFINE_config_file("config", None, "configs/ladd.py:VARIANT", flag_values=values, sys_argv=full_argv)
     for name, (kind, default, help_) in extra.items():
         getattr(flags, f"DEFINE_{kind}")(name, default, help_, flag_values=values)
     try:
-        values(["ladd-jax", *argv])
+        values(full_argv)
         config = values.config
         if config is not None:  # ml_collections defers a failed load to the config's first use
             config.get("method")

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ladd_jax.atomic import make_writable_folder
 from ladd_jax.convert.lora import save_lora
 from ladd_jax.convert.mmdit import load_mmdit
 from ladd_jax.errors import LaddError
@@ -37,7 +38,7 @@ from ladd_jax.train import sharding
 from ladd_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from ladd_jax.train.dpo import PAIR_FIELDS, make_dpo_step
 from ladd_jax.train.loop import check_data, make_loader, require_folder
-from ladd_jax.train.runner import CompiledSteps, resume_or_init, run_steps
+from ladd_jax.train.runner import CompiledSteps, check_run_config, resume_or_init, run_steps
 from ladd_jax.train.state import compute_fields, optimizer
 from ladd_jax.train.steps import BATCH_FIELDS as FIELDS
 from ladd_jax.train.steps import COND_FIELD
@@ -113,8 +114,8 @@ def _objective(config: ml_collections.ConfigDict) -> str:
 def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Trains (or resumes) the model folder's transformer, or LoRA adapters on it (config.lora.rank > 0), by
     `config.objective`; writes config.out (default workdir/pipeline), and a LoRA run's adapters to workdir/lora."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_run_config(config)
+    workdir = make_writable_folder(workdir, "the workdir", "--workdir")
     objective = _objective(config)
     if config.get("conditioned") and config.sample_every:
         raise LaddError("the sample grid draws text-to-image samples; a conditioned run needs config.sample_every=0")

@@ -27,6 +27,29 @@ from ladd_jax.train.writer import MetricWriter
 logger = logging.getLogger(__name__)
 
 
+def check_run_config(config: ml_collections.ConfigDict) -> None:
+    """One clear error for step counts, rates and an EMA that no run can use, before anything is loaded or written
+    (a negative rate would train uphill without a word; a zero interval would divide by zero at the first step)."""
+    for name in ("total_steps", "log_every", "checkpoint_every"):
+        if config[name] < 1:
+            raise LaddError(f"config.{name} must be at least 1, got {config[name]}: pass --config.{name}=N, N >= 1")
+    for name in ("eval_every", "sample_every"):
+        if config.get(name, 0) < 0:
+            raise LaddError(f"config.{name} must be 0 (never) or a number of steps, got {config[name]}")
+    rates = {name: config[name] for name in ("lr", "g_lr", "d_lr") if name in config}
+    if "dmd" in config:
+        rates["dmd.fake_score_lr"] = config.dmd.fake_score_lr
+    negative = {name: rate for name, rate in rates.items() if rate < 0}
+    if negative:
+        raise LaddError(f"learning rates must be 0 (frozen) or more, got {negative}")
+    if config.seed < 0:
+        raise LaddError(
+            f"config.seed must be a non-negative integer (numpy shuffles the data with it), got {config.seed}"
+        )
+    if not 0 <= config.ema_decay <= 1:
+        raise LaddError(f"config.ema_decay must be in [0, 1] (0: the EMA is the params), got {config.ema_decay}")
+
+
 class Preemption:
     """SIGTERM (a preempted TPU VM, SLURM's time limit) asks the loop to save and stop at the next step."""
 
