@@ -110,3 +110,13 @@ def test_bad_inputs(teacher, tmp_path):
     with pytest.raises(LaddError, match="teacher folder itself"):
         export_student(teacher, config, params, teacher, overwrite=True)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_workdir_without_checkpoints_is_named(tmp_path):
+    from ladd_jax.train.checkpoint import read_meta
+
+    with pytest.raises(LaddError, match="has no checkpoints/ folder"):
+        read_meta(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(LaddError, match="holds no checkpoint yet: a run saves one every config.checkpoint_every"):
+        read_meta(tmp_path)

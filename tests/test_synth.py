@@ -356,3 +356,11 @@ def test_bad_bucket_settings(folder, prompts, tmp_path):
     jsonl.write_text('{"prompt": "a cat", "size": "32x32"}\n{"prompt": "a dog", "size": "16x16"}\n')
     with pytest.raises(LaddError, match="row 1: bucket '16x16' is not one of the job's buckets"):
         run_synth(model=str(folder), prompts=str(jsonl), out=str(tmp_path / "x"), buckets="32x32", bucket_column="size")
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_clear_error(folder, tmp_path, capsys):
+    """/proc/x: its parent exists and root may write there by os.access, yet no folder can be made in it."""
+    (tmp_path / "p.txt").write_text("a cat\n")
+    assert main(["synth", "--model", str(folder), "--prompts", str(tmp_path / "p.txt"), "--out", "/proc/x"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the data folder /proc/x" in err and "choose another --out" in err and "Traceback" not in err

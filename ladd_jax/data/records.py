@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from tqdm.auto import tqdm
 
-from ladd_jax.atomic import atomic_path
+from ladd_jax.atomic import atomic_path, make_writable_folder
 from ladd_jax.errors import LaddError
 from ladd_jax.jsonfile import read_json
 
@@ -365,17 +364,15 @@ def _check_same_job(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) 
 
 
 def check_output_folder(out_dir: str | Path) -> Path:
-    """Fails early, before any loading, when `out_dir` cannot be created or written."""
+    """`out_dir`, created (an empty data folder is a job to resume) and checked writable: fails early, before any
+    loading, when it cannot be."""
     out_dir = Path(out_dir)
     parent = out_dir.absolute().parent
     if not parent.is_dir():
         raise LaddError(f"cannot write {out_dir}: folder {parent} does not exist; create it first")
-    writable = out_dir if out_dir.is_dir() else parent
     if out_dir.exists() and not out_dir.is_dir():
         raise LaddError(f"{out_dir} is a file, not a data folder; choose another --out")
-    if not os.access(writable, os.W_OK | os.X_OK):
-        raise LaddError(f"cannot write into {writable}; choose another --out")
-    return out_dir
+    return make_writable_folder(out_dir, "the data folder")
 
 
 def write_shards(
@@ -393,7 +390,6 @@ def write_shards(
     import jax
 
     out_dir = check_output_folder(out_dir)
-    out_dir.mkdir(exist_ok=True)
     path = out_dir / MANIFEST
     if path.exists():
         _check_same_job(path, read_manifest(out_dir), manifest)

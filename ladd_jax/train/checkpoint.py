@@ -77,9 +77,11 @@ def read_meta(workdir: str | Path, step: int | None = None) -> tuple[int, dict]:
         raise LaddError(f"{workdir} has no checkpoints/ folder; point --workdir at a `ladd-jax train` workdir")
     manager = ocp.CheckpointManager(directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True))
     steps = sorted(manager.all_steps())
-    step = steps[-1] if step is None and steps else step
+    if not steps:
+        raise LaddError(f"{directory} holds no checkpoint yet: a run saves one every config.checkpoint_every steps")
+    step = steps[-1] if step is None else step
     if step not in steps:
-        raise LaddError(f"no checkpoint of step {step} in {directory}; present: {steps or 'none'}")
+        raise LaddError(f"no checkpoint of step {step} in {directory}; present: {steps}")
     return step, manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
