@@ -20,8 +20,13 @@ def check_writable_destination(dst: Path, overwrite: bool) -> None:
     parent = dst.absolute().parent
     if not parent.is_dir():
         raise LaddError(f"cannot write {dst}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise LaddError(f"cannot write {dst}: folder {parent} is not writable; choose another destination")
+    try:  # by trying: os.access says yes to root where no file can be made (/proc, a read-only mount)
+        with tempfile.NamedTemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise LaddError(
+            f"cannot write {dst}: folder {parent} is not writable ({e.strerror}); choose another destination"
+        ) from None
 
 
 def make_writable_folder(folder: str | Path, what: str, flag: str = "--out") -> Path:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ladd_jax import arguments
+from ladd_jax.atomic import make_writable_folder
 from ladd_jax.errors import LaddError
 
 
@@ -92,6 +93,7 @@ def run_sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise LaddError(f"--out {out} must name a .png file")
+    make_writable_folder(out.parent, "the grid's folder")  # before minutes of loading and sampling
     request = conditioning_request(args)
 
     if args.height or args.width:
@@ -128,7 +130,6 @@ def run_sample(args: argparse.Namespace) -> None:
         )
     seconds = time.perf_counter() - start
     grid = image_grid(np.concatenate(images), len(args.prompt), len(seeds))
-    out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(out, format="PNG")
     print(
         f"{len(jobs)} images of {width}x{height} in {seconds:.1f} s: {seconds / len(jobs):.2f} s per image "

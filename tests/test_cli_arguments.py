@@ -1,13 +1,17 @@
-"""Every command's `--seed` reads the same way: a negative seed is one clear argparse error, not a numpy traceback
-from deep inside a run (the toy world's prompts, the buckets and the loader's order are numpy draws)."""
+"""Bad command-line values are one clear error before any work, not a traceback from deep inside a run: every
+command's `--seed` (the toy world's prompts, the buckets and the loader's order are numpy draws, which take no negative
+seed), the benches' and `aot`'s counts, and destinations in which nothing can be written."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
 from ladd_jax.cli import build_parser, main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _commands_with_a_seed() -> dict[str, argparse.ArgumentParser]:
@@ -46,3 +50,23 @@ def test_the_demo_refuses_a_negative_seed_before_writing_anything(tmp_path, caps
     assert exit_info.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["bench", "mmdit", "--steps", "0", "--no-torch"], "--steps 0 must be at least 1"),
+        (["bench", "attention", "--steps", "-1"], "--steps -1 must be at least 1"),
+        (["aot", "--config", f"{CONFIGS / 'ladd.py'}:tiny", "--devices", "0"], "--devices must be at least 1"),
+        # /proc: os.access lets root write there, yet no file or folder can be made in it.
+        (["toy-evaluator", "--out", "/proc/x"], "cannot write /proc/x: folder /proc is not writable"),
+        (
+            ["sample", "--model", "m", "--prompt", "a cat", "--out", "/proc/x/grid.png"],
+            "cannot write the grid's folder",
+        ),
+    ],
+)
+def test_counts_and_destinations_that_no_run_can_use(argv, expected, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

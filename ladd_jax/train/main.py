@@ -157,6 +157,8 @@ def run_aot(args: argparse.Namespace, rest: Sequence[str]) -> None:
     rest = [a.replace("--device-memory", "--device_memory", 1) if a.startswith("--device-memory") else a for a in rest]
     values = _config_flags(rest, AOT_FLAGS, USAGE["aot"])
     _require_config_for(values.config, "aot", "train")
+    if values.devices < 1:
+        raise LaddError(f"--devices must be at least 1 (the simulated CPU devices of the mesh), got {values.devices}")
     # Simulated devices exist only if XLA is told before JAX starts: `ladd-jax aot` is its own process.
     os.environ["XLA_FLAGS"] = (
         f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={values.devices}"
