@@ -312,6 +312,11 @@ def test_encode_real(folder, pipe, tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"image": "images/9.png", "prompt": "a"}\n')
     with pytest.raises(LaddError, match="line 1: image .*9.png does not exist"):
         encode_real(folder, tmp_path / "broken.jsonl", tmp_path / "x")
+    (tmp_path / "images/bad.png").write_bytes(b"not a png")
+    (tmp_path / "corrupt.jsonl").write_text('{"image": "images/bad.png", "prompt": "a"}\n')
+    with pytest.raises(LaddError, match="cannot read image .*bad.png .*replace it or drop its line"):
+        encode_real(folder, tmp_path / "corrupt.jsonl", tmp_path / "y")  # its size is read first: no --height
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_multi_aspect_records_grouped_by_bucket(folder, prompts, pipe, tmp_path, capsys):

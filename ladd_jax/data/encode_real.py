@@ -165,10 +165,8 @@ def encode_real(
     jsonl = Path(jsonl)
     pairs = read_captions(jsonl)
     if height is None or width is None:
-        from PIL import Image
-
-        with Image.open(jsonl.parent / pairs[0][0]) as first:
-            width, height = width or first.width, height or first.height
+        first = _open_image(jsonl.parent / pairs[0][0], "RGB", "replace it or drop its line")
+        width, height = width or first.width, height or first.height
     multiple, _ = size_rules(model_dir)
     check_size(height, width, multiple)
     check_output_folder(out_dir)
