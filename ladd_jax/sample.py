@@ -71,7 +71,7 @@ def load_cond(pipe: Any, request: tuple[str, str, str | None], height: int, widt
     if pipe.cond_channels != want:
         what = f"takes {pipe.cond_channels} conditioning channels" if pipe.cond_channels else "is text to image"
         raise LaddError(
-            f"{pipe.folder} {what}; --{'inpaint' if kind == 'inpaint' else 'edit'} needs a {kind} model "
+            f"{pipe.folder} {what}; --{kind} needs an {'inpainting' if kind == 'inpaint' else 'editing'} model "
             f"({want} conditioning channels)"
         )
     images = load_image(Path(image), height, width)[None]
