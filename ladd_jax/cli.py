@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ladd_jax.errors import LaddError
+from ladd_jax.errors import run_command
 
 # Commands whose figures are compile and run times: a warm persistent compilation cache would change them.
 TIMED_COMMANDS = ("bench", "aot")
@@ -141,12 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ladd_jax.compile_cache import enable_compilation_cache
 
         enable_compilation_cache()
-    try:
-        args.fn(args, rest) if getattr(args, "takes_rest", False) else args.fn(args)
-    except LaddError as e:
-        print(f"ladd-jax {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    body = (lambda: args.fn(args, rest)) if getattr(args, "takes_rest", False) else (lambda: args.fn(args))
+    return run_command(body, f"ladd-jax {args.command}")
 
 
 if __name__ == "__main__":

@@ -70,3 +70,24 @@ def test_counts_and_destinations_that_no_run_can_use(argv, expected, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("module", ["ladd_jax.toy.items", "ladd_jax.toy.preferences", "ladd_jax.toy.conditioned_eval"])
+def test_the_toy_modules_commands_end_a_bad_input_in_one_line(module, tmp_path):
+    """The `python -m` commands the launch scripts run report a LaddError as `ladd-jax` does: exit status 2 and
+    one line, no traceback."""
+    import subprocess
+    import sys
+
+    args = {
+        "ladd_jax.toy.items": ["--kind", "inpaint", "--world", "/nonexistent", "--split", "train", "--num", "4"],
+        "ladd_jax.toy.preferences": ["--teacher", "/nonexistent"],
+        "ladd_jax.toy.conditioned_eval": ["--kind", "inpaint", "--teacher", "/nonexistent", "--items", "train=/no"],
+    }[module]
+    run = subprocess.run(
+        [sys.executable, "-m", module, *args, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.startswith(f"python -m {module}: error: ") and "/nonexistent" in run.stderr, run.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything is made

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ import numpy as np
 
 from ladd_jax.conditioning import KINDS, check_kind, make_cond
 from ladd_jax.data.encode_real import load_image, load_mask
-from ladd_jax.errors import LaddError
+from ladd_jax.errors import LaddError, run_command
 
 PIXEL_EPS = 1e-10  # keeps the PSNR of an exact copy finite
 
@@ -264,4 +265,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m ladd_jax.toy.conditioned_eval"))

@@ -7,8 +7,10 @@ folder `ladd-jax encode-real` turns into conditioned records:
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ladd_jax import arguments
+from ladd_jax.errors import LaddError, run_command
 from ladd_jax.toy.components import read_toy_world
 from ladd_jax.toy.editing import write_editing_folder
 from ladd_jax.toy.inpainting import write_inpainting_folder
@@ -26,10 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
+    if args.num < 1:
+        raise LaddError(f"--num must be at least 1, got {args.num}")
     world = read_toy_world(args.world)
     out = WRITERS[args.kind](world, args.split, args.num, args.seed, args.out, args.overwrite)
     print(f"wrote {args.num} {args.split} {args.kind} items to {out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "python -m ladd_jax.toy.items"))

@@ -12,14 +12,16 @@ writes OUT/pairs_random from the same samples, the control whose preferences car
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ladd_jax import arguments
+from ladd_jax.atomic import make_writable_folder
 from ladd_jax.data.preferences import write_pairs
-from ladd_jax.errors import LaddError
+from ladd_jax.errors import LaddError, run_command
 
 SCORERS = ("judge", "random")  # "random": the control, preferences that carry no information
 
@@ -64,9 +66,8 @@ def make_toy_pairs(
         raise LaddError(f"--scorer {scorer!r}: use one of {SCORERS}")
     if samples_per_prompt < 2:
         raise LaddError(f"--samples {samples_per_prompt}: a pair needs at least 2 samples per prompt")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     world = read_toy_world(teacher)
+    out = make_writable_folder(out, "the preference data's folder")
     captions = [s.caption() for s in sample_scenes(world, "train", num_prompts, seed)]
     prompts = out / "prompts.txt"
     prompts.write_text("".join(f"{c}\n" for c in captions for _ in range(samples_per_prompt)))
@@ -119,7 +120,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LaddError as e:
-        raise SystemExit(f"error: {e}") from None
+    sys.exit(run_command(main, "python -m ladd_jax.toy.preferences"))
