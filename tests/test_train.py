@@ -164,6 +164,14 @@ def test_damaged_latest_checkpoint_names_it_and_previous_restores(world, straigh
             f.write_bytes(b"\0garbage")
     with pytest.raises(LaddError, match=r"step 4.*restore_step=2"):
         train_and_evaluate(tiny_config(world), workdir)
+    # Only the arrays' chunks cut short (their index intact): one line, not tensorstore's spec over many.
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    shutil.copytree(straight / "checkpoints" / "4", workdir / "checkpoints" / "4")
+    for f in (workdir / "checkpoints" / "4" / "state").glob("ocdbt.process_*/d/*"):
+        f.write_bytes(f.read_bytes()[:10])
+    with pytest.raises(LaddError, match=r"step 4.*restore_step=2") as damaged:
+        train_and_evaluate(tiny_config(world), workdir)
+    assert "\n" not in str(damaged.value), str(damaged.value)
     # The previous checkpoint still restores, and continuing from it reproduces step 4.
     shutil.rmtree(workdir / "checkpoints" / "4")
     train_and_evaluate(tiny_config(world), workdir)

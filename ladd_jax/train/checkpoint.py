@@ -8,6 +8,7 @@ complete, so a crash mid-save leaves no half checkpoint); the frozen teacher is 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,11 @@ class Checkpointer:
                 if earlier
                 else f"delete {self.directory / str(step)} to start afresh"
             )
+            # The first sentence: tensorstore goes on with its whole spec over many lines.
+            cause = re.split(r"(?<=\.)\s", (str(e).strip().splitlines() or [""])[0])[0][:200]
             raise LaddError(
                 f"the checkpoint of step {step} in {self.directory} cannot be restored ({type(e).__name__}: "
-                f"{str(e)[:300]}); it is damaged or incomplete: {hint}"
+                f"{cause}); it is damaged or incomplete: {hint}"
             ) from e
         return out["state"], out["data"], out["meta"]
 
