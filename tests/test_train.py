@@ -180,6 +180,22 @@ def test_damaged_latest_checkpoint_names_it_and_previous_restores(world, straigh
     assert logged_losses(workdir) == logged_losses(straight)
 
 
+def test_resume_with_other_heads_names_them_and_a_changed_config_is_warned(world, straight, tmp_path, caplog):
+    """A checkpoint of other architectures is named as such, key by key, before its state is read (that restore
+    fails on the shapes as on damage, whose advice would be to delete a good checkpoint); a changed training key is
+    a warning that names it, the run's end (total_steps) is not."""
+    workdir = tmp_path / "w"
+    shutil.copytree(straight, workdir)
+    with pytest.raises(LaddError, match=r"other architectures .*\(disc.hidden: 16 -> 8; checkpoint -> config\)"):
+        train_and_evaluate(tiny_config(world, **{"disc.hidden": 8}), workdir)
+    assert sorted(int(d.name) for d in (workdir / "checkpoints").iterdir()) == [2, 4]  # nothing touched
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    with caplog.at_level("WARNING", logger="ladd_jax.train.runner"):
+        train_and_evaluate(tiny_config(world, g_lr=2e-4, total_steps=3), workdir)
+    warned = [r.getMessage() for r in caplog.records if "differs from its run's" in r.getMessage()]
+    assert len(warned) == 1 and "g_lr: 0.0001 -> 0.0002" in warned[0] and "total_steps" not in warned[0], warned
+
+
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(world, straight, tmp_path):
     shutil.copytree(straight, tmp_path, dirs_exist_ok=True)  # its step-2 checkpoint, the last good one
     shutil.rmtree(tmp_path / "checkpoints" / "4")

@@ -35,16 +35,26 @@ class Checkpointer:
         )
         return self.manager.save(step, args=args, force=force)
 
+    def meta(self, step: int) -> dict:
+        """The meta item of `step` alone (the config and the architectures, JSON): what a resume checks before it
+        reads the state."""
+        return self._restore(step, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
         """(state placed with the shardings of `abstract_state`, data-iterator state, meta) of `step`."""
-        steps = self.steps()
-        if step not in steps:
-            raise LaddError(f"no checkpoint of step {step} in {self.directory}; present: {steps or 'none'}")
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
         )
+        out = self._restore(step, args)
+        return out["state"], out["data"], out["meta"]
+
+    def _restore(self, step: int, args: ocp.args.Composite) -> Any:
+        """`args`' items of `step`, or one clear error naming the step to resume from instead."""
+        steps = self.steps()
+        if step not in steps:
+            raise LaddError(f"no checkpoint of step {step} in {self.directory}; present: {steps or 'none'}")
         try:
-            out = self.manager.restore(step, args=args)
+            return self.manager.restore(step, args=args)
         except Exception as e:  # orbax raises many types for a damaged folder; all mean the same to the user
             earlier = [s for s in steps if s < step]
             hint = (
@@ -59,7 +69,6 @@ class Checkpointer:
                 f"the checkpoint of step {step} in {self.directory} cannot be restored ({type(e).__name__}: "
                 f"{cause}); it is damaged or incomplete: {hint}"
             ) from e
-        return out["state"], out["data"], out["meta"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -64,6 +64,10 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+# Config keys a resume is expected to change (where the run ends, which step it resumes): no warning for them.
+RESUME_KEYS = ("total_steps", "restore_step")
+
+
 def json_roundtrip(x: Any) -> Any:
     """What a JSON save and restore makes of `x` (tuples become lists), to compare with a restored item."""
     return json.loads(json.dumps(x))
@@ -81,15 +85,31 @@ def resume_or_init(
     step = restore_step if restore_step is not None else (checkpoints.steps() or [None])[-1]
     if step is None:
         return init()
-    state, data_state, saved = checkpoints.restore(step, abstract_state)
-    if saved.get("architecture") != json_roundtrip(meta["architecture"]):
+    saved = checkpoints.meta(step)  # before the state, whose restore would fail on other shapes as on damage
+    changed = _differences(saved.get("architecture", {}), json_roundtrip(meta["architecture"]))
+    if changed:
         raise LaddError(
             f"the checkpoint of step {step} in {checkpoints.directory} was made with other architectures than this "
-            "config's; use another --workdir, or the config it was trained with"
+            f"config's ({', '.join(changed)}; checkpoint -> config): use another --workdir, or the config it was "
+            "trained with"
         )
+    changed = _differences(saved.get("config", {}), json_roundtrip(meta["config"]), skip=RESUME_KEYS)
+    if changed:
+        logger.warning("resuming step %d with a config that differs from its run's: %s", step, ", ".join(changed))
+    state, data_state, _ = checkpoints.restore(step, abstract_state)
     loader.set_state(data_state)
     logger.info("resumed from step %d", step)
     return state
+
+
+def _differences(saved: Any, now: Any, skip: tuple[str, ...] = (), prefix: str = "") -> list[str]:
+    """ "KEY: saved -> now" for each leaf of two nested dicts that differs (KEY dotted), but the keys in `skip`."""
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return [] if saved == now or prefix in skip else [f"{prefix}: {saved!r} -> {now!r}"]
+    keys = sorted(set(saved) | set(now))
+    return [
+        d for k in keys for d in _differences(saved.get(k), now.get(k), skip, f"{prefix}.{k}" if prefix else str(k))
+    ]
 
 
 def memory_report(compiled: Any) -> dict[str, float]:
