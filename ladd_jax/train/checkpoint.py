@@ -40,13 +40,11 @@ class Checkpointer:
         reads the state."""
         return self._restore(step, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-        """(state placed with the shardings of `abstract_state`, data-iterator state, meta) of `step`."""
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
-        )
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """(state placed with the shardings of `abstract_state`, data-iterator state) of `step`."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
         out = self._restore(step, args)
-        return out["state"], out["data"], out["meta"]
+        return out["state"], out["data"]
 
     def _restore(self, step: int, args: ocp.args.Composite) -> Any:
         """`args`' items of `step`, or one clear error naming the step to resume from instead."""

@@ -96,7 +96,7 @@ def resume_or_init(
     changed = _differences(saved.get("config", {}), json_roundtrip(meta["config"]), skip=RESUME_KEYS)
     if changed:
         logger.warning("resuming step %d with a config that differs from its run's: %s", step, ", ".join(changed))
-    state, data_state, _ = checkpoints.restore(step, abstract_state)
+    state, data_state = checkpoints.restore(step, abstract_state)
     loader.set_state(data_state)
     logger.info("resumed from step %d", step)
     return state
