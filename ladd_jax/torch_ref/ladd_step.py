@@ -38,6 +38,7 @@ from ladd_jax.convert.params import flatten, unflatten
 from ladd_jax.errors import LaddError
 from ladd_jax.models.discriminator import NORM_EPS, TIME_EMBED_DIM, TIME_SCALE, DiscriminatorConfig
 from ladd_jax.train.losses import LOSS_KINDS
+from ladd_jax.train.steps import caption_blind
 
 Tensors = dict[str, torch.Tensor]
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}  # compute dtype -> autocast dtype (None: plain float32)
@@ -258,7 +259,7 @@ class LaddReference:
     ) -> LaddReference:
         """The reference for a LADD config (configs/ladd.py); refuses the terms it does not model."""
         unmodelled = {k: config[k] for k in ("r1_gamma", "misaligned_weight", "distill_weight") if config[k]}
-        if config.disc.get("text", "caption") != "caption":
+        if caption_blind(config):
             unmodelled["disc.text"] = config.disc.text
         if unmodelled:
             raise LaddError(

@@ -35,6 +35,7 @@ from ladd_jax.train.steps import (
     DISC_TEXTS,
     MISALIGNED_SOURCES,
     StepFn,
+    caption_blind,
     make_train_step,
 )
 
@@ -204,11 +205,6 @@ def guides_teacher(config: ml_collections.ConfigDict) -> bool:
     for the heads."""
     guided_target = bool(config.distill_weight and config.get("distill_cfg", 1.0) != 1.0)
     return method(config) == "lcm" or guided_target or guided_features(config)
-
-
-def caption_blind(config: ml_collections.ConfigDict) -> bool:
-    """Whether the discriminator side reads the empty prompt instead of the captions (disc.text "empty")."""
-    return config.disc.get("text", "caption") == "empty"
 
 
 def guided_features(config: ml_collections.ConfigDict) -> bool:

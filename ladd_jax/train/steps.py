@@ -163,6 +163,11 @@ def with_empty_prompt(
     )
 
 
+def caption_blind(config: ml_collections.ConfigDict) -> bool:
+    """Whether the discriminator side reads the empty prompt instead of the captions (disc.text "empty")."""
+    return config.disc.get("text", "caption") == "empty"
+
+
 def empty_like(a: jax.Array, empty: jax.Array) -> jax.Array:
     """The empty prompt's embedding `empty` (one sample's) broadcast to the batch of text embeddings `a`."""
     return jnp.broadcast_to(empty, a.shape).astype(a.dtype)
@@ -225,7 +230,7 @@ class Game:
         conditioning): the batch's captions (disc.text "caption"), or the empty prompt's (disc.text "empty": an
         unconditional discriminator, which can judge realism but not whether a sample shows its caption)."""
         _, ctx, pooled = self.inputs
-        if self.config.disc.get("text", "caption") == "caption":
+        if not caption_blind(self.config):
             return ctx, pooled
         return empty_like(ctx, self.frozen["empty_context"]), empty_like(pooled, self.frozen["empty_pooled"])
 
