@@ -20,13 +20,20 @@ def check_writable_destination(dst: Path, overwrite: bool) -> None:
     parent = dst.absolute().parent
     if not parent.is_dir():
         raise LaddError(f"cannot write {dst}: folder {parent} does not exist; create it first")
-    try:  # by trying: os.access says yes to root where no file can be made (/proc, a read-only mount)
-        with tempfile.NamedTemporaryFile(dir=parent):
-            pass
+    try:
+        _probe(parent)
     except OSError as e:
         raise LaddError(
             f"cannot write {dst}: folder {parent} is not writable ({e.strerror}); choose another destination"
         ) from None
+
+
+def _probe(folder: Path) -> None:
+    """Makes and removes a file in `folder` (OSError where none can be made). By trying, as os.access says yes to root
+    where no file can be made (/proc, a read-only mount); a unique name, as the processes of one run probe the same
+    folder."""
+    with tempfile.NamedTemporaryFile(dir=folder):
+        pass
 
 
 def make_writable_folder(folder: str | Path, what: str, flag: str = "--out") -> Path:
@@ -35,8 +42,7 @@ def make_writable_folder(folder: str | Path, what: str, flag: str = "--out") -> 
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):  # a unique name: processes of one run probe the same folder
-            pass
+        _probe(folder)
     except OSError as e:
         raise LaddError(f"cannot write {what} {folder} ({e.strerror}); choose another {flag}") from None
     return folder

@@ -21,9 +21,11 @@ ITEMS = ("state", "data", "meta")
 
 
 class Checkpointer:
-    def __init__(self, workdir: str | Path, keep: int, async_save: bool = True):
+    def __init__(self, workdir: str | Path, keep: int | None = None, async_save: bool = True, read_only: bool = False):
         self.directory = Path(workdir).absolute() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, read_only=read_only
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def steps(self) -> list[int]:
@@ -82,27 +84,23 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
 
 def read_meta(workdir: str | Path, step: int | None = None) -> tuple[int, dict]:
     """(step, meta item) of `step` (default: the latest) of a training workdir, without touching the state."""
-    directory = Path(workdir).absolute() / "checkpoints"
-    if not directory.is_dir():
+    if not (Path(workdir) / "checkpoints").is_dir():  # before orbax, which only warns of a missing folder
         raise LaddError(f"{workdir} has no checkpoints/ folder; point --workdir at a `ladd-jax train` workdir")
-    manager = ocp.CheckpointManager(directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True))
-    steps = sorted(manager.all_steps())
+    checkpoints = Checkpointer(workdir, read_only=True)
+    steps = checkpoints.steps()
     if not steps:
-        raise LaddError(f"{directory} holds no checkpoint yet: a run saves one every config.checkpoint_every steps")
+        raise LaddError(
+            f"{checkpoints.directory} holds no checkpoint yet: a run saves one every config.checkpoint_every steps"
+        )
     step = steps[-1] if step is None else step
-    if step not in steps:
-        raise LaddError(f"no checkpoint of step {step} in {directory}; present: {steps}")
-    return step, manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return step, checkpoints.meta(step)
 
 
 def restore_params(workdir: str | Path, step: int, name: str, abstract: Any) -> Any:
     """One param tree of the saved state ("student" or "ema") as host numpy arrays; the rest is not read."""
     import numpy as np
 
-    manager = ocp.CheckpointManager(
-        Path(workdir).absolute() / "checkpoints", item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True)
-    )
     item = {name: abstract}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
-    return manager.restore(step, args=ocp.args.Composite(state=args))["state"][name]
+    return Checkpointer(workdir, read_only=True)._restore(step, ocp.args.Composite(state=args))["state"][name]
